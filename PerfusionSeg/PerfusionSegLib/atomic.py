@@ -10,6 +10,9 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def _suffixes(path: Path) -> str:
     # keep double suffixes (".nii.gz", ".seq.nrrd") so writers that pick a format by name still work on the temp file
@@ -30,6 +33,7 @@ def atomic_output(path: os.PathLike | str) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions a plain open() would
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -37,13 +37,13 @@ def _write_nifti(path: Path, xyz: np.ndarray, affine_lps: np.ndarray, dt: Option
     import nibabel as nib
 
     img = nib.Nifti1Image(xyz, LPS_TO_RAS @ affine_lps)
-    img.header.set_xyzt_units(xyz="mm", t="sec")
-    if dt is not None:
-        zooms = list(img.header.get_zooms())
-        zooms[-1] = float(dt)
-        img.header.set_zooms(zooms)
     img.header.set_qform(LPS_TO_RAS @ affine_lps, code=1)
     img.header.set_sform(LPS_TO_RAS @ affine_lps, code=1)
+    img.header.set_xyzt_units(xyz="mm", t="sec")
+    if dt is not None:  # (X, Y, 1, T): the 4th pixdim is the frame interval (set after the forms, which reset zooms)
+        zooms = list(img.header.get_zooms())
+        zooms[3] = float(dt)
+        img.header.set_zooms(zooms)
     if extra:
         img.header.extensions.append(nib.nifti1.Nifti1Extension("comment", json.dumps(extra).encode()))
     with atomic_output(path) as tmp:
@@ -57,7 +57,7 @@ def _write_nrrd(path: Path, xyz: np.ndarray, affine_lps: np.ndarray, times: Opti
     header = {"space": "left-posterior-superior", "space origin": affine_lps[:3, 3].tolist()}
     if xyz.ndim == 3 and times is not None:
         header["kinds"] = ["domain", "domain", "list"]
-        header["space directions"] = [dirs[0].tolist(), dirs[1].tolist(), None]
+        header["space directions"] = np.array([dirs[0], dirs[1], [np.nan] * 3])  # NaN row: non-spatial axis
         header["axis 2 index type"] = "time"  # Slicer sequence convention
         header["axis 2 index values"] = " ".join(f"{t:.6g}" for t in times)
         header["axis 2 unit"] = "s"
@@ -65,7 +65,7 @@ def _write_nrrd(path: Path, xyz: np.ndarray, affine_lps: np.ndarray, times: Opti
         # a single frame is written as a one-slice 3-D volume so Slicer places it in patient space
         xyz = xyz.reshape(xyz.shape[0], xyz.shape[1], 1) if xyz.ndim == 2 else xyz
         header["kinds"] = ["domain", "domain", "domain"]
-        header["space directions"] = [dirs[0].tolist(), dirs[1].tolist(), dirs[2].tolist()]
+        header["space directions"] = np.array([dirs[0], dirs[1], dirs[2]])
     for k, v in extra.items():
         header[f"perfusion_{k}"] = str(v)
     with atomic_output(path) as tmp:
@@ -73,17 +73,17 @@ def _write_nrrd(path: Path, xyz: np.ndarray, affine_lps: np.ndarray, times: Opti
 
 
 def write_series(series: SliceSeries, path: os.PathLike | str) -> Path:
-    """Write a series as NIfTI (X, Y, T) with the median frame interval in pixdim, or NRRD (Slicer sequence, real times).
+    """Write a series as NIfTI (X, Y, 1, T) with the median frame interval in pixdim, or NRRD (Slicer sequence, real times).
 
     Real, possibly irregular frame times are stored in a JSON side-car ``<stem>.times.json`` next to NIfTI files.
     """
     path = Path(path)
     fmt = _format_of(path)
-    xyt = np.ascontiguousarray(np.transpose(series.data, (2, 1, 0)))
+    xyt = np.ascontiguousarray(np.transpose(series.data, (2, 1, 0)))  # (X, Y, T)
     affine = _affine_for(series.spacing, series.affine)
     extra = {k: v for k, v in {"level": series.level, "condition": series.condition, "units": series.units}.items() if v}
     if fmt == "nifti":
-        _write_nifti(path, xyt, affine, series.median_interval, extra)
+        _write_nifti(path, xyt[:, :, None, :], affine, series.median_interval, extra)  # (X, Y, 1, T)
         side = path.with_name(_stem(path) + ".times.json")
         from .atomic import write_text_atomic
         write_text_atomic(side, json.dumps({"times_s": [float(t) for t in series.times]}))
