@@ -1,0 +1,76 @@
+"""Building blocks shared by the segmentation networks (activation factory, residual and double-conv blocks)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import InvalidParameterError
+
+ACTIVATIONS = ("relu", "leaky_relu")
+
+
+def make_activation(name: str, negative_slope: float = 0.01) -> nn.Module:
+    """ReLU or LeakyReLU by name (Xue's paper uses LeakyReLU, the public code ReLU: both are offered)."""
+    if name == "relu":
+        return nn.ReLU(inplace=True)
+    if name == "leaky_relu":
+        return nn.LeakyReLU(negative_slope, inplace=True)
+    raise InvalidParameterError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
+
+
+class PreActResidualBlock(nn.Module):
+    """Pre-activation residual block (He 2016): BN-act-conv3x3-BN-act-conv3x3 plus the (projected) input."""
+
+    def __init__(self, in_channels: int, out_channels: int, activation: str = "relu", negative_slope: float = 0.01):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.act1 = make_activation(activation, negative_slope)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.act2 = make_activation(activation, negative_slope)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        # a 1x1 projection only where the channel count changes (identity otherwise, as in the original design)
+        self.shortcut = (nn.Identity() if in_channels == out_channels
+                         else nn.Conv2d(in_channels, out_channels, 1, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(self.act1(self.bn1(x)))
+        out = self.conv2(self.act2(self.bn2(out)))
+        return out + self.shortcut(x)
+
+
+class DoubleConv(nn.Module):
+    """The vanilla U-Net unit: (conv3x3-BN-act) twice."""
+
+    def __init__(self, in_channels: int, out_channels: int, activation: str = "relu", negative_slope: float = 0.01,
+                 batch_norm: bool = True):
+        super().__init__()
+        layers = []
+        for c_in in (in_channels, out_channels):
+            layers.append(nn.Conv2d(c_in, out_channels, 3, padding=1, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(out_channels))
+            layers.append(make_activation(activation, negative_slope))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def he_init(module: nn.Module, activation: str = "relu", negative_slope: float = 0.01) -> None:
+    """He (Kaiming) normal initialisation of every convolution; BN to (1, 0)."""
+    nonlin = "leaky_relu" if activation == "leaky_relu" else "relu"
+    a = negative_slope if activation == "leaky_relu" else 0.0
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.kaiming_normal_(m.weight, a=a, mode="fan_out", nonlinearity=nonlin)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Trainable parameters (what papers report)."""
+    return int(sum(p.numel() for p in module.parameters() if p.requires_grad))

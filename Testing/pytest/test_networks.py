@@ -1,0 +1,184 @@
+"""Networks, loss and model registry: shapes, parameter counts, safe loading, integrity checks."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from PerfusionSegLib.errors import InvalidParameterError, UnreadableFileError
+from PerfusionSegLib.networks import architecture_name, build_network
+from PerfusionSegLib.networks.blocks import PreActResidualBlock, count_parameters
+from PerfusionSegLib.networks.losses import CEJaccardLoss, soft_jaccard_loss
+from PerfusionSegLib.networks.registry import (ModelIntegrityError, default_models_dir, list_models, load_model,
+                                               resolve_device, save_model)
+from PerfusionSegLib.networks.resunet import ResUNet
+from PerfusionSegLib.networks.unet import UNet2D
+
+torch.manual_seed(0)
+
+
+def test_resunet_published_config_has_about_3_7_million_parameters():
+    net = build_network("resunet", config="xue2020")
+    n = count_parameters(net)
+    assert 3.6e6 <= n <= 3.8e6, n
+    assert net.config["in_channels"] == 48 and net.config["n_classes"] == 4
+    assert net.config["filters"] == [96, 128] and net.config["blocks"] == [2, 3]
+    assert isinstance(net.down[0][0], PreActResidualBlock)
+    assert len(net.down[0]) == 2 and len(net.down[1]) == 3
+    assert any(isinstance(m, torch.nn.LeakyReLU) for m in net.modules())
+    relu = build_network("resunet", config="xue2020_relu")
+    assert not any(isinstance(m, torch.nn.LeakyReLU) for m in relu.modules())
+    assert count_parameters(relu) == n
+
+
+def test_resunet_output_shape_and_size_check():
+    net = build_network("resunet", config="small").eval()
+    with torch.inference_mode():
+        y = net(torch.randn(2, 48, 32, 48))
+    assert y.shape == (2, 4, 32, 48)
+    with pytest.raises(InvalidParameterError):
+        net(torch.randn(1, 48, 36, 36))   # not a multiple of 8
+
+
+def test_resunet_is_configurable():
+    net = ResUNet(in_channels=12, n_classes=3, filters=(8, 12, 16), blocks=(1, 2, 1), bridge_blocks=1,
+                  final_channels=4, activation="relu")
+    assert net.divisor == 16
+    assert net(torch.randn(1, 12, 32, 32)).shape == (1, 3, 32, 32)
+    with pytest.raises(InvalidParameterError):
+        ResUNet(filters=(8, 12), blocks=(1,))
+    with pytest.raises(InvalidParameterError):
+        build_network("resunet", config="xue2020", activation="gelu")
+
+
+def test_unet_configs_shapes_and_parameter_counts():
+    default = build_network("unet2d")
+    assert 0.45e6 <= count_parameters(default) <= 2e6
+    daugs = build_network("unet2d", config="daugs2024")
+    assert daugs.config["in_channels"] == 30 and daugs.config["n_classes"] == 4
+    assert count_parameters(daugs) > count_parameters(default)
+    with torch.inference_mode():
+        assert daugs.eval()(torch.randn(3, 30, 64, 64)).shape == (3, 4, 64, 64)
+    bil = UNet2D(in_channels=5, n_classes=2, features=(4, 8, 16), up_mode="bilinear")
+    assert bil(torch.randn(1, 5, 16, 16)).shape == (1, 2, 16, 16)
+    with pytest.raises(InvalidParameterError):
+        bil(torch.randn(1, 5, 18, 18))
+    with pytest.raises(InvalidParameterError):
+        build_network("vnet")
+
+
+def test_he_init_scales_conv_weights():
+    net = build_network("unet2d", config="tiny")
+    conv = net.encoder[1].body[0]                       # 8 -> 16 channels, 3x3
+    fan_out = conv.out_channels * 9
+    assert abs(conv.weight.std().item() - np.sqrt(2.0 / fan_out)) < 0.35 * np.sqrt(2.0 / fan_out)
+
+
+def test_build_network_round_trips_config():
+    net = build_network("unet2d", config="tiny")
+    twin = build_network(architecture_name(net), **net.config)
+    assert twin.config == net.config and count_parameters(twin) == count_parameters(net)
+
+
+def test_loss_is_small_for_a_confident_correct_prediction_and_large_otherwise():
+    target = torch.zeros(1, 8, 8, dtype=torch.long)
+    target[0, 2:6, 2:6] = 2
+    good = torch.nn.functional.one_hot(target, 4).permute(0, 3, 1, 2).float() * 20
+    bad = torch.roll(good, shifts=1, dims=1)
+    loss = CEJaccardLoss()
+    assert loss(good, target).item() < 0.01
+    assert loss(bad, target).item() > 1.0
+    # equal weights: the loss is exactly CE + Jaccard
+    ce = torch.nn.functional.cross_entropy(bad, target)
+    assert loss(bad, target).item() == pytest.approx(ce.item() + soft_jaccard_loss(bad, target).item(), rel=1e-6)
+
+
+def _tiny_card():
+    return {"input": {"n_frames": 30, "size": 32}, "training": {"data": "unit test"}, "metrics": {}}
+
+
+def test_registry_round_trip_fp32_and_fp16(tmp_path):
+    net = build_network("unet2d", config="tiny").eval()
+    x = torch.rand(2, 30, 32, 32)
+    with torch.inference_mode():
+        ref = net(x).softmax(1).numpy()
+    card32 = save_model(net, _tiny_card(), tmp_path, "tiny32")
+    card16 = save_model(net, _tiny_card(), tmp_path, "tiny16", half=True)
+    c = json.loads(card32.read_text())
+    assert c["architecture"] == "unet2d" and c["config"] == net.config and len(c["weights_sha256"]) == 64
+    assert c["input"]["n_frames"] == 30 and c["training"]["data"] == "unit test"
+    size32, size16 = (tmp_path / "tiny32.pt").stat().st_size, (tmp_path / "tiny16.pt").stat().st_size
+    assert size16 < 0.7 * size32
+    m32 = load_model(card32, device="cpu")
+    m16 = load_model("tiny16", device="cpu", models_dir=tmp_path)
+    assert not m32.network.training and m32.device.type == "cpu"
+    np.testing.assert_allclose(m32.predict_proba(x.numpy()), ref, atol=1e-5)
+    assert np.abs(m16.predict_proba(x.numpy()) - ref).max() < 2e-2
+    names = [m["name"] for m in list_models(tmp_path)]
+    assert names == ["tiny16", "tiny32"]
+
+
+def test_registry_rejects_a_modified_weights_file(tmp_path):
+    net = build_network("unet2d", config="tiny")
+    card = save_model(net, _tiny_card(), tmp_path, "m")
+    weights = tmp_path / "m.pt"
+    blob = bytearray(weights.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    weights.write_bytes(bytes(blob))
+    with pytest.raises(ModelIntegrityError, match="sha256"):
+        load_model(card, device="cpu")
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch EXPLOITED",))
+
+
+def test_registry_never_unpickles_code(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    net = build_network("unet2d", config="tiny")
+    card_path = save_model(net, _tiny_card(), tmp_path, "evil")
+    state = net.state_dict()
+    state["payload"] = _Exploit()
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    (tmp_path / "evil.pt").write_bytes(buf.getvalue())
+    card = json.loads(card_path.read_text())
+    import hashlib
+    card["weights_sha256"] = hashlib.sha256(buf.getvalue()).hexdigest()   # the hash matches: only weights_only saves us
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(UnreadableFileError, match="state dict"):
+        load_model(card_path, device="cpu")
+    assert not (tmp_path / "EXPLOITED").exists()
+
+
+def test_registry_missing_files_and_models_dir(tmp_path, monkeypatch):
+    with pytest.raises(UnreadableFileError, match="missing"):
+        load_model("no_such_model", models_dir=tmp_path)
+    net = build_network("unet2d", config="tiny")
+    save_model(net, _tiny_card(), tmp_path / "pool", "member_00")
+    (tmp_path / "pool" / "member_00.pt").unlink()
+    with pytest.raises(UnreadableFileError, match="member_00.pt"):
+        load_model("pool/member_00", models_dir=tmp_path)
+    monkeypatch.setenv("PERFUSION_MODELS_DIR", str(tmp_path))
+    assert default_models_dir() == tmp_path
+    assert list_models()[0]["weights_present"] is False
+    monkeypatch.delenv("PERFUSION_MODELS_DIR")
+    assert default_models_dir().parts[-2:] == ("Resources", "Models")
+    with pytest.raises(InvalidParameterError):
+        save_model(net, {}, tmp_path, "../escape")
+
+
+def test_device_selection():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(InvalidParameterError):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidParameterError, match="no CUDA"):
+            resolve_device("cuda")
