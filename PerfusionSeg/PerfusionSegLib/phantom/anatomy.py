@@ -1,0 +1,354 @@
+"""Parametric short-axis thorax: heart (LV, RV, papillary muscles, trabeculae, fat, pericardium) and its surroundings.
+
+Geometry lives in a *body frame* in mm with the LV centre at the origin, x to the screen right (patient left, LV lateral
+wall), y down (inferior/posterior): the standard short-axis display with the RV on the screen left and the anterior
+wall up. A pose (rotation, optional mirror, translation) and a smooth random warp map image pixels into that frame, so
+the same description renders at any resolution or crop. Shapes are painted on a supersampled grid as integer tissue
+codes and block-averaged into tissue fractions (partial volume); label maps are taken by majority on the output grid.
+
+Sizes follow published short-axis dimensions: LV end-diastolic diameter about 40-56 mm, wall 6-11 mm normal, up to
+about 20 mm in hypertrophy, RV free wall 2-4 mm (Kawel-Boehm et al., JCMR 2015, "Normal values for cardiovascular
+magnetic resonance in adults and children").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+# tissue codes painted on the fine grid; order is the column order of the fraction stack
+TISSUES = (
+    "air", "lv_blood", "lv_myo", "rv_blood", "rv_wall", "papillary", "epi_fat", "pericardium", "lung",
+    "lung_artery", "lung_vein", "liver", "muscle", "subcut_fat", "spine", "aorta", "stomach", "spleen", "aortic_root",
+)
+T = {name: i for i, name in enumerate(TISSUES)}
+# project label of every tissue (CONVENTIONS: 1 LV blood pool incl. papillary muscles, 2 LV myocardium, 3 RV blood)
+TISSUE_LABEL = np.zeros(len(TISSUES), dtype=np.uint8)
+TISSUE_LABEL[[T["lv_blood"], T["papillary"]]] = 1
+TISSUE_LABEL[T["lv_myo"]] = 2
+TISSUE_LABEL[T["rv_blood"]] = 3
+
+
+def _u(rng, lo, hi):
+    return float(rng.uniform(lo, hi))
+
+
+def sample_anatomy(rng: np.random.Generator, level: str, *, rotation_sd_deg: float = 15.0, allow_mirror: bool = False) -> dict:
+    """Random anatomy parameters (JSON-able) for one slice at ``level`` ('basal', 'mid', 'apical')."""
+    lv = {"basal": (20.0, 27.0), "mid": (15.0, 24.0), "apical": (6.0, 13.0)}[level]
+    kind = rng.choice(["thin", "normal", "hypertrophic"], p=[0.15, 0.65, 0.20])
+    wall = {"thin": (5.0, 7.0), "normal": (7.0, 11.0), "hypertrophic": (12.0, 20.0)}[str(kind)]
+    wall_mm = _u(rng, *wall) * (0.85 if level == "apical" else 1.0)
+    heart = {
+        "level": level,
+        "r_endo_mm": _u(rng, *lv),
+        "wall_mm": wall_mm,
+        "wall_kind": str(kind),
+        # low-order Fourier deformation of the endocardium and of the wall thickness (relative amplitudes)
+        "endo_harmonics": [[float(rng.normal(0, 0.06 if k == 2 else 0.03)), _u(rng, 0, 360)] for k in (2, 3, 4)],
+        "wall_harmonics": [[float(rng.normal(0, 0.10)), _u(rng, 0, 360)] for k in (1, 2)],
+        "thinning": None,
+        "rv_angle_deg": _u(rng, 185.0, 210.0),
+        "rv_half_span_deg": _u(rng, *{"basal": (60, 78), "mid": (52, 70), "apical": (40, 60)}[level]),
+        "rv_depth_mm": _u(rng, *{"basal": (16, 30), "mid": (10, 24), "apical": (4, 11)}[level]),
+        "rv_shape_power": _u(rng, 0.35, 0.8),
+        "rv_skew": _u(rng, -0.25, 0.25),
+        "rv_wall_mm": _u(rng, 2.0, 4.0),
+        "papillary": [],
+        "trabeculae": [],
+        "epi_fat_mm": _u(rng, 0.0, 2.5),
+        "groove_fat_mm": _u(rng, 3.0, 10.0),
+        "pericardium_mm": _u(rng, 0.8, 2.0),
+        "anterior_fat_mm": _u(rng, 0.0, 15.0),
+        "lvot": None,
+    }
+    if rng.random() < 0.15:  # regional thinning (old infarct): a Gaussian dip in wall thickness
+        heart["thinning"] = {"angle_deg": _u(rng, 0, 360), "width_deg": _u(rng, 25, 70), "min_mm": _u(rng, 4.0, 6.0)}
+    n_pap = {"basal": int(rng.integers(0, 3)), "mid": 2, "apical": int(rng.integers(0, 3))}[level]
+    pap_r = {"basal": (2.0, 4.0), "mid": (3.0, 6.5), "apical": (1.5, 3.0)}[level]
+    for angle in (300.0, 110.0)[:n_pap]:
+        heart["papillary"].append({"angle_deg": angle + float(rng.normal(0, 15)), "radius_mm": _u(rng, *pap_r),
+                                   "attach": _u(rng, 0.6, 1.0)})
+    n_trab = int(rng.integers(*{"basal": (0, 6), "mid": (2, 12), "apical": (4, 16)}[level]))
+    for _ in range(n_trab):
+        heart["trabeculae"].append({"angle_deg": _u(rng, 0, 360), "radius_mm": _u(rng, 0.8, 2.2), "depth": _u(rng, 0.0, 0.8)})
+    if level == "basal" and rng.random() < 0.35:  # LV outflow tract: anteroseptal gap opening into the aortic root
+        heart["lvot"] = {"angle_deg": heart["rv_angle_deg"] + _u(rng, 20, 45), "width_deg": _u(rng, 35, 65),
+                         "root_radius_mm": _u(rng, 10, 14)}
+    body = {
+        "centre_mm": [float(rng.normal(-35, 12)), float(rng.normal(22, 8))],
+        "semi_axes_mm": [_u(rng, 140, 185), _u(rng, 95, 130)],
+        "subcut_fat_mm": _u(rng, 4, 25),
+        "muscle_mm": _u(rng, 8, 18),
+        "liver": {"centre_mm": [float(rng.normal(-65, 20)), float(rng.normal(95, 12)) - (15 if level == "apical" else 0)],
+                  "semi_axes_mm": [_u(rng, 80, 120), _u(rng, 40, 70)], "angle_deg": _u(rng, -30, 10)},
+        "stomach": {"centre_mm": [float(rng.normal(75, 15)), float(rng.normal(90, 12))],
+                    "semi_axes_mm": [_u(rng, 25, 45), _u(rng, 18, 30)], "wall_mm": _u(rng, 3, 6)} if rng.random() < 0.8 else None,
+        "spleen": {"centre_mm": [float(rng.normal(125, 12)), float(rng.normal(60, 12))],
+                   "semi_axes_mm": [_u(rng, 18, 30), _u(rng, 25, 40)]} if rng.random() < 0.5 else None,
+        "spine_mm": [float(rng.normal(45, 12)), float(rng.normal(112, 8))],
+        "spine_radius_mm": _u(rng, 13, 18),
+        "aorta_offset_mm": [float(rng.normal(-24, 5)), float(rng.normal(-20, 5))],
+        "aorta_radius_mm": _u(rng, 9, 13),
+        "lung_vessels": [[_u(rng, -160, 170), _u(rng, -120, 110), _u(rng, 0.8, 3.0), int(rng.integers(0, 2))]
+                         for _ in range(int(rng.integers(25, 70)))],
+    }
+    warp = [[_u(rng, 0.5, 3.5), _u(rng, 70, 220), _u(rng, 0, 360), _u(rng, 0, 360), int(rng.integers(0, 2))] for _ in range(4)]
+    pose = {"rotation_deg": float(rng.normal(0, rotation_sd_deg)), "mirror": bool(allow_mirror and rng.random() < 0.5)}
+    return {"heart": heart, "body": body, "warp": warp, "pose": pose}
+
+
+@dataclass
+class AnatomyMaps:
+    """An anatomy rendered on one output grid.
+
+    fractions: (K, Y, X) float32 tissue fractions (sum 1), K = len(TISSUES).
+    labels: (Y, X) uint8 (majority of the project labels). myo_depth: (Y, X) float32 endo (0) to epi (1) wherever some
+    LV myocardium is present, NaN elsewhere. insertion_points_yx: anterior and inferior RV insertion points in output pixel coordinates.
+    lv_centre_yx: LV centre in output pixel coordinates.
+    """
+
+    fractions: np.ndarray
+    labels: np.ndarray
+    myo_depth: np.ndarray
+    insertion_points_yx: dict
+    lv_centre_yx: tuple
+    label_fractions: np.ndarray   # (4, Y, X) on the output grid
+
+
+def _ellipse(x, y, cx, cy, a, b, angle_deg=0.0):
+    c, s = np.cos(np.radians(angle_deg)), np.sin(np.radians(angle_deg))
+    dx, dy = x - cx, y - cy
+    u, v = c * dx + s * dy, -s * dx + c * dy
+    return (u / a) ** 2 + (v / b) ** 2 <= 1.0
+
+
+def _angdiff(a, b):
+    """Signed angle a - b in degrees, wrapped to [-180, 180)."""
+    return (a - b + 180.0) % 360.0 - 180.0
+
+
+def heart_radii(heart: dict, theta_deg: np.ndarray) -> dict:
+    """Polar boundaries (mm) of the heart at angles ``theta_deg`` (body frame)."""
+    th = np.radians(theta_deg)
+    r_endo = np.full(theta_deg.shape, heart["r_endo_mm"], dtype=np.float32)
+    fac = np.ones_like(r_endo)
+    for k, (amp, ph) in zip((2, 3, 4), heart["endo_harmonics"]):
+        fac += amp * np.cos(k * th - np.radians(ph))
+    r_endo = r_endo * fac
+    wall = np.ones_like(r_endo)
+    for k, (amp, ph) in zip((1, 2), heart["wall_harmonics"]):
+        wall += amp * np.cos(k * th - np.radians(ph))
+    wall = heart["wall_mm"] * np.clip(wall, 0.6, 1.4)
+    if heart["thinning"]:
+        t = heart["thinning"]
+        g = np.exp(-0.5 * (_angdiff(theta_deg, t["angle_deg"]) / (t["width_deg"] / 2.355)) ** 2)
+        wall = wall - g * np.maximum(wall - t["min_mm"], 0.0)
+    r_epi = r_endo + wall
+    u = _angdiff(theta_deg, heart["rv_angle_deg"]) / heart["rv_half_span_deg"]
+    u_sk = np.clip(u + heart["rv_skew"] * (1 - u ** 2), -1, 1)
+    inside = np.abs(u) < 1.0
+    depth = np.where(inside, heart["rv_depth_mm"] * np.clip(1 - u_sk ** 2, 0, 1) ** heart["rv_shape_power"], 0.0)
+    return {"r_endo": r_endo, "r_epi": r_epi, "rv_depth": depth.astype(np.float32), "rv_inside": inside, "u": u}
+
+
+def insertion_angles(heart: dict) -> tuple:
+    """Body-frame angles (deg) of the anterior and inferior insertion points: where the RV cavity meets the septum.
+
+    y points down, so the anterior side of the RV crescent has the smaller (more negative) y: angle centre - span.
+    """
+    a = heart["rv_angle_deg"]
+    span = heart["rv_half_span_deg"] * 0.93  # just inside the crescent tips, where the cavity still touches the septum
+    anterior, inferior = a + span, a - span
+    # pick by y (up = anterior): sin(angle) < 0 is up on screen
+    if np.sin(np.radians(anterior)) > np.sin(np.radians(inferior)):
+        anterior, inferior = inferior, anterior
+    return float(anterior), float(inferior)
+
+
+class Grid:
+    """An image grid: output pixels (ny, nx) of ``spacing`` mm, its centre placed at ``centre_body_mm`` in the body frame."""
+
+    def __init__(self, ny: int, nx: int, spacing: float, centre_body_mm=(0.0, 0.0)):
+        self.ny, self.nx, self.spacing = int(ny), int(nx), float(spacing)
+        self.centre = (float(centre_body_mm[0]), float(centre_body_mm[1]))
+
+    def coords(self, ss: int):
+        """Image-frame mm coordinates (x, y) of a grid supersampled ``ss`` times, relative to the grid centre."""
+        h = self.spacing / ss
+        xs = (np.arange(self.nx * ss, dtype=np.float32) - (self.nx * ss - 1) / 2.0) * h
+        ys = (np.arange(self.ny * ss, dtype=np.float32) - (self.ny * ss - 1) / 2.0) * h
+        return np.meshgrid(xs, ys)
+
+
+def _to_body(x, y, anat: dict, grid: Grid):
+    """Image mm (relative to grid centre) -> warped body frame mm."""
+    pose = anat["pose"]
+    c, s = np.cos(np.radians(pose["rotation_deg"])), np.sin(np.radians(pose["rotation_deg"]))
+    xb = c * x + s * y
+    yb = -s * x + c * y
+    if pose["mirror"]:
+        xb = -xb
+    xb = xb + grid.centre[0]
+    yb = yb + grid.centre[1]
+    for amp, wl, direction, phase, axis in anat["warp"]:
+        d = np.radians(direction)
+        arg = (2 * np.pi / wl) * (np.cos(d) * xb + np.sin(d) * yb) + np.radians(phase)
+        if axis:
+            yb = yb + amp * np.sin(arg)
+        else:
+            xb = xb + amp * np.sin(arg)
+    return xb.astype(np.float32), yb.astype(np.float32)
+
+
+def _from_body_point(xb, yb, anat, grid: Grid):
+    """Approximate inverse (ignores the small warp): body mm -> output pixel (y, x)."""
+    pose = anat["pose"]
+    x, y = xb - grid.centre[0], yb - grid.centre[1]
+    if pose["mirror"]:
+        x = -x
+    c, s = np.cos(np.radians(pose["rotation_deg"])), np.sin(np.radians(pose["rotation_deg"]))
+    xi, yi = c * x - s * y, s * x + c * y
+    return (yi / grid.spacing + (grid.ny - 1) / 2.0, xi / grid.spacing + (grid.nx - 1) / 2.0)
+
+
+def paint(anat: dict, x: np.ndarray, y: np.ndarray) -> tuple:
+    """Tissue codes (int8) and myocardial depth (endo 0 .. epi 1, -1 elsewhere) at body-frame points."""
+    heart, body = anat["heart"], anat["body"]
+    idx = np.zeros(x.shape, dtype=np.int8)
+    (bx, by), (ba, bb) = body["centre_mm"], body["semi_axes_mm"]
+    idx[_ellipse(x, y, bx, by, ba, bb)] = T["subcut_fat"]
+    f = body["subcut_fat_mm"]
+    idx[_ellipse(x, y, bx, by, ba - f, bb - f)] = T["muscle"]
+    m = f + body["muscle_mm"]
+    cavity = _ellipse(x, y, bx, by, ba - m, bb - m)
+    idx[cavity] = T["lung"]
+    liv = body["liver"]
+    idx[cavity & _ellipse(x, y, *liv["centre_mm"], *liv["semi_axes_mm"], liv["angle_deg"])] = T["liver"]
+    if body["spleen"]:
+        sp = body["spleen"]
+        idx[cavity & _ellipse(x, y, *sp["centre_mm"], *sp["semi_axes_mm"])] = T["spleen"]
+    if body["stomach"]:
+        st = body["stomach"]
+        (sx, sy), (sa, sb) = st["centre_mm"], st["semi_axes_mm"]
+        idx[cavity & _ellipse(x, y, sx, sy, sa + st["wall_mm"], sb + st["wall_mm"])] = T["muscle"]   # gastric wall
+        idx[cavity & _ellipse(x, y, sx, sy, sa, sb)] = T["stomach"]
+    spx, spy = body["spine_mm"]
+    rs = body["spine_radius_mm"]
+    idx[_ellipse(x, y, spx, spy + 8, rs * 2.6, rs * 1.7)] = T["muscle"]    # paraspinal muscles
+    idx[(x - spx) ** 2 + (y - spy) ** 2 <= rs ** 2] = T["spine"]
+    ax, ay = spx + body["aorta_offset_mm"][0], spy + body["aorta_offset_mm"][1]
+    idx[(x - ax) ** 2 + (y - ay) ** 2 <= body["aorta_radius_mm"] ** 2] = T["aorta"]
+    lung = idx == T["lung"]
+    for vx, vy, vr, venous in body["lung_vessels"]:
+        box = lung & (np.abs(x - vx) <= vr) & (np.abs(y - vy) <= vr)
+        if box.any():
+            idx[box & ((x - vx) ** 2 + (y - vy) ** 2 <= vr ** 2)] = T["lung_vein"] if venous else T["lung_artery"]
+
+    # heart, polar around the LV centre; only a disc around it needs the polar maths
+    r_all = np.hypot(x, y)
+    near = r_all < heart["r_endo_mm"] * 1.5 + heart["wall_mm"] * 1.5 + heart["rv_depth_mm"] + 30
+    xs, ys, r = x[near], y[near], r_all[near]
+    th = np.degrees(np.arctan2(ys, xs))
+    hr = heart_radii(heart, th)
+    r_endo, r_epi, depth_rv = hr["r_endo"], hr["r_epi"], hr["rv_depth"]
+    rv_outer = r_epi + depth_rv
+    wall_rv = np.where(hr["rv_inside"] | (np.abs(hr["u"]) < 1.12), heart["rv_wall_mm"], 0.0)
+    r_out = rv_outer + wall_rv
+    ia, ii = insertion_angles(heart)
+    groove = heart["groove_fat_mm"] * (np.exp(-0.5 * (_angdiff(th, ia) / 14) ** 2) + np.exp(-0.5 * (_angdiff(th, ii) / 14) ** 2))
+    anterior_fat = heart["anterior_fat_mm"] * np.clip(-np.sin(np.radians(th)), 0, 1) ** 2 * hr["rv_inside"]
+    r_fat = r_out + heart["epi_fat_mm"] + groove + anterior_fat
+    r_peri = r_fat + heart["pericardium_mm"]
+    sub = idx[near]
+    sub[r < r_peri + 2.0 * (np.abs(hr["u"]) < 1.1)] = T["epi_fat"]   # pericardial fat outside the sac in front of the RV
+    sub[r < r_peri] = T["pericardium"]
+    sub[r < r_fat] = T["epi_fat"]
+    sub[r < r_out] = T["rv_wall"]
+    sub[(r < rv_outer) & (r >= r_epi) & hr["rv_inside"]] = T["rv_blood"]
+    myo = (r < r_epi) & (r >= r_endo)
+    sub[myo] = T["lv_myo"]
+    sub[r < r_endo] = T["lv_blood"]
+    dep = np.full(r.shape, -1.0, dtype=np.float32)
+    dep[myo] = ((r - r_endo) / np.maximum(r_epi - r_endo, 1e-3))[myo]
+    # papillary muscles and trabeculae: myocardial tissue inside the cavity, labelled blood pool
+    for p in heart["papillary"]:
+        a = np.radians(p["angle_deg"])
+        rc = heart["r_endo_mm"] - p["radius_mm"] * p["attach"]
+        d2 = (xs - rc * np.cos(a)) ** 2 + (ys - rc * np.sin(a)) ** 2
+        sub[(d2 <= p["radius_mm"] ** 2) & (sub == T["lv_blood"])] = T["papillary"]
+    for tb in heart["trabeculae"]:
+        a = np.radians(tb["angle_deg"])
+        rc = heart["r_endo_mm"] - tb["radius_mm"] * (1 - tb["depth"])
+        d2 = (xs - rc * np.cos(a)) ** 2 + (ys - rc * np.sin(a)) ** 2
+        sub[(d2 <= tb["radius_mm"] ** 2) & (sub == T["lv_blood"])] = T["papillary"]
+    if heart["lvot"]:
+        lo = heart["lvot"]
+        gap = np.abs(_angdiff(th, lo["angle_deg"])) < lo["width_deg"] / 2
+        opening = gap & (r < r_epi + 1.0) & (r >= r_endo * 0.7)
+        sub[opening] = T["lv_blood"]
+        dep[opening] = -1.0
+        a = np.radians(lo["angle_deg"])
+        rr = heart["r_endo_mm"] + heart["wall_mm"] + lo["root_radius_mm"] * 0.8
+        d2 = (xs - rr * np.cos(a)) ** 2 + (ys - rr * np.sin(a)) ** 2
+        sub[(d2 <= lo["root_radius_mm"] ** 2) & ~(r < r_epi + 1.0)] = T["aortic_root"]
+    idx[near] = sub
+    depth = np.full(x.shape, -1.0, dtype=np.float32)
+    depth[near] = dep
+    return idx, depth
+
+
+def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
+    if f == 1:
+        return a.astype(np.float32)
+    ny, nx = a.shape[-2] // f, a.shape[-1] // f
+    return a.reshape(a.shape[:-2] + (ny, f, nx, f)).mean(axis=(-3, -1), dtype=np.float32)
+
+
+def render(anat: dict, grid: Grid, *, supersample: int = 2) -> AnatomyMaps:
+    """Render ``anat`` on ``grid``: tissue fractions, labels and myocardial depth on the output pixels."""
+    ss = int(supersample)
+    x, y = grid.coords(ss)
+    xb, yb = _to_body(x, y, anat, grid)
+    idx, depth = paint(anat, xb, yb)
+    k = len(TISSUES)
+    fractions = np.empty((k, grid.ny, grid.nx), dtype=np.float32)
+    present = np.zeros(k, dtype=bool)
+    present[np.unique(idx)] = True
+    for i in range(k):
+        fractions[i] = _block_mean(idx == i, ss) if present[i] else 0.0
+    lab_fine = TISSUE_LABEL[idx]
+    label_fr = np.stack([_block_mean(lab_fine == c, ss) for c in range(4)])
+    labels = np.argmax(label_fr, axis=0).astype(np.uint8)
+    myo_f = lab_fine == 2
+    cnt = _block_mean(myo_f, ss)
+    dsum = _block_mean(np.where(myo_f, depth, 0.0), ss)
+    myo_depth = np.where(cnt > 0, dsum / np.maximum(cnt, 1e-6), np.nan).astype(np.float32)
+    heart = anat["heart"]
+    ips = {}
+    ia, ii = insertion_angles(heart)
+    for name, a in (("anterior", ia), ("inferior", ii)):
+        r_epi = float(heart_radii(heart, np.array([a], dtype=np.float32))["r_epi"][0])
+        pyx = _from_body_point(r_epi * np.cos(np.radians(a)), r_epi * np.sin(np.radians(a)), anat, grid)
+        ips[name] = _snap_to_junction(labels, pyx)
+    return AnatomyMaps(fractions=fractions, labels=labels, myo_depth=myo_depth, insertion_points_yx=ips,
+                       lv_centre_yx=_from_body_point(0.0, 0.0, anat, grid), label_fractions=label_fr)
+
+
+def _snap_to_junction(labels: np.ndarray, pyx: tuple, radius: int = 4) -> tuple:
+    """Move a point to the nearest pixel that touches both myocardium and RV blood (the warp shifts it slightly)."""
+    y0, x0 = int(round(pyx[0])), int(round(pyx[1]))
+    ny, nx = labels.shape
+    best, best_d = (float(pyx[0]), float(pyx[1])), None
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            y, x = y0 + dy, x0 + dx
+            if not (1 <= y < ny - 1 and 1 <= x < nx - 1) or labels[y, x] != 2:
+                continue
+            nb = labels[y - 1:y + 2, x - 1:x + 2]
+            if (nb == 3).any():
+                d = (y - pyx[0]) ** 2 + (x - pyx[1]) ** 2
+                if best_d is None or d < best_d:
+                    best, best_d = (float(y), float(x)), d
+    return best

@@ -1,0 +1,138 @@
+"""Contrast kinetics: gamma-variate bolus, pulmonary and systemic transit with recirculation, tissue responses.
+
+All curves are Gd concentration in mmol/L on a fine uniform time grid (``DT_FINE`` s) and are sampled at frame times
+afterwards. The circulation is a loop: an injected bolus (gamma variate) reaches the RV; the LV curve is the RV curve
+convolved with a pulmonary transit kernel (so the RV always enhances first and the LV bolus is broader); a fraction of
+what leaves the LV comes back to the RV after a dispersed systemic transit (recirculation, second pass).
+
+Myocardium: Fermi-constrained impulse response with an extravascular leak term,
+``R(t) = (1-E) / (1 + exp((t - tau0) / k)) * (1 + exp(-tau0 / k)) + E * exp(-kep t)``, ``R(0) = 1``, and
+``C_myo(t) = MBF * rho / 60 * (AIF (*) R)(t)`` with MBF in ml/min/g, tissue density rho = 1.05 g/ml and the *blood*
+AIF (no haematocrit correction), the convention of Jerosch-Herold et al. (Med Phys 1998) Fermi deconvolution.
+Sources for ranges: pulmonary transit time 4-9 s (Cao et al., JCMR 2014; shorter at stress), peak LV [Gd] 2-8 mmol/L for
+0.05-0.1 mmol/kg (Ishida et al. JMRI 2011; Kellman et al. JCMR 2017), extraction fraction 0.3-0.6 and ve 0.2-0.3
+(Jerosch-Herold, JCMR 2010), liver/spleen enhancement (Materne et al. 2002).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+DT_FINE = 0.1           # s
+TISSUE_DENSITY = 1.05   # g/ml
+
+
+def gamma_variate(t: np.ndarray, t0: float, tp: float, alpha: float) -> np.ndarray:
+    """Unit-peak gamma variate starting at t0, peaking at t0 + tp."""
+    s = np.clip((t - t0) / tp, 0.0, None)
+    return np.where(s > 0, s ** alpha * np.exp(alpha * (1.0 - s)), 0.0)
+
+
+def transit_kernel(t: np.ndarray, mean: float, shape: float, delay: float = 0.0) -> np.ndarray:
+    """Unit-area gamma-distribution transit kernel with mean ``delay + mean`` on the grid ``t`` (starts at 0)."""
+    s = np.clip(t - delay, 0.0, None)
+    theta = mean / shape
+    k = np.where(s > 0, s ** (shape - 1) * np.exp(-s / theta), 0.0)
+    total = k.sum()
+    return k / total if total > 0 else k
+
+
+def _conv(a: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    return np.convolve(a, kernel)[: a.size]
+
+
+def sample_circulation(rng: np.random.Generator, condition: str) -> dict:
+    """Random bolus and circulation parameters (JSON-able)."""
+    stress = condition == "stress"
+    return {
+        "rv_arrival_s": float(rng.uniform(3.0, 12.0)),
+        "bolus_tp_s": float(rng.uniform(1.5, 3.5)),
+        "bolus_alpha": float(rng.uniform(1.8, 4.0)),
+        "pulmonary_transit_s": float(rng.uniform(3.5, 6.0) if stress else rng.uniform(5.0, 8.5)),
+        "pulmonary_shape": float(rng.uniform(3.0, 7.0)),
+        "systemic_transit_s": float(rng.uniform(10.0, 16.0) if stress else rng.uniform(13.0, 20.0)),
+        "systemic_shape": float(rng.uniform(3.0, 6.0)),
+        "recirculation_fraction": float(rng.uniform(0.35, 0.6)),
+        "lv_peak_mmol": float(rng.uniform(2.0, 8.0)),
+        "aorta_delay_s": float(rng.uniform(0.2, 0.6)),
+        "myo_delay_s": float(rng.uniform(0.0, 1.0)),
+        "fermi_tau0_s": float(rng.uniform(1.5, 4.0)),
+        "fermi_k_s": float(rng.uniform(0.3, 1.2)),
+        "extraction": float(rng.uniform(0.3, 0.55) if stress else rng.uniform(0.45, 0.65)),
+        "ve": float(rng.uniform(0.2, 0.3)),
+        "muscle_mbf": float(rng.uniform(0.05, 0.25) if stress else rng.uniform(0.02, 0.08)),
+        "liver_peak_mmol": float(rng.uniform(0.3, 0.9)),
+        "liver_transit_s": float(rng.uniform(12.0, 25.0)),
+        "spleen_peak_mmol": float(rng.uniform(0.8, 2.0)),
+        "stomach_peak_mmol": float(rng.uniform(0.05, 0.3)),
+    }
+
+
+def sample_mbf(rng: np.random.Generator, condition: str) -> dict:
+    """Per-segment MBF (ml/min/g) and an optional perfusion defect in one coronary territory."""
+    stress = condition == "stress"
+    glob = float(rng.uniform(1.5, 4.5) if stress else rng.uniform(0.5, 1.5))
+    seg = {str(s): float(glob * np.clip(rng.normal(1.0, 0.07), 0.8, 1.2)) for s in range(1, 17)}
+    defect = None
+    if rng.random() < (0.5 if stress else 0.15):
+        defect = {
+            "territory": str(rng.choice(["LAD", "RCA", "LCX"])),
+            "transmural": bool(rng.random() < 0.4),
+            "endo_fraction": float(rng.uniform(0.35, 0.6)),   # subendocardial defects reach this depth
+            "factor": float(rng.uniform(0.25, 0.65) if stress else rng.uniform(0.6, 0.9)),
+        }
+    return {"global_mbf": glob, "segment_mbf": seg, "defect": defect}
+
+
+def circulation_curves(p: dict, t_end: float) -> tuple:
+    """Fine time grid and blood curves (mmol/L): RV, LV (= AIF), aorta, pulmonary veins/arteries."""
+    t = np.arange(0.0, t_end + 40.0, DT_FINE)
+    inj = gamma_variate(t, p["rv_arrival_s"], p["bolus_tp_s"], p["bolus_alpha"])
+    h_pulm = transit_kernel(t, p["pulmonary_transit_s"], p["pulmonary_shape"])
+    h_sys = transit_kernel(t, p["systemic_transit_s"], p["systemic_shape"])
+    rv = inj.copy()
+    lv = _conv(rv, h_pulm)
+    for _ in range(3):  # loop: venous return = recirculated fraction of the LV output
+        rv = inj + p["recirculation_fraction"] * _conv(lv, h_sys)
+        lv = _conv(rv, h_pulm)
+    scale = p["lv_peak_mmol"] / lv.max()
+    rv, lv = rv * scale, lv * scale
+    shift = lambda c, d: np.interp(t - d, t, c, left=0.0)
+    aorta = _conv(shift(lv, p["aorta_delay_s"]), transit_kernel(t, 0.4, 3.0))
+    pulm_art = shift(rv, 0.4)
+    pulm_vein = shift(lv, -0.8)
+    return t, {"rv_blood": rv, "lv_blood": lv, "aorta": aorta, "aortic_root": lv, "lung_artery": pulm_art,
+               "lung_vein": pulm_vein}
+
+
+def fermi_response(t: np.ndarray, tau0: float, k: float, extraction: float, kep: float) -> np.ndarray:
+    fermi = (1.0 + np.exp(-tau0 / k)) / (1.0 + np.exp(np.clip((t - tau0) / k, -50, 50)))
+    return (1.0 - extraction) * fermi + extraction * np.exp(-kep * t)
+
+
+def myocardial_curve(t: np.ndarray, aif: np.ndarray, mbf: float, p: dict) -> np.ndarray:
+    """Tissue Gd (mmol/L) for a flow ``mbf`` ml/min/g; the leak rate follows the flow (kep = E F rho / 60 / ve)."""
+    f = mbf * TISSUE_DENSITY / 60.0   # 1/s
+    kep = p["extraction"] * f / p["ve"]
+    r = fermi_response(t, p["fermi_tau0_s"], p["fermi_k_s"], p["extraction"], kep)
+    a = np.interp(t - p["myo_delay_s"], t, aif, left=0.0)
+    return f * _conv(a, r) * DT_FINE
+
+
+def tissue_curves(t: np.ndarray, blood: dict, p: dict, mbf_values: dict) -> dict:
+    """Every non-myocardial tissue curve plus one myocardial curve per distinct MBF value (keys 'myo:<mbf>')."""
+    lv = blood["lv_blood"]
+    zero = np.zeros_like(t)
+    out = dict(blood)
+    for name in ("air", "epi_fat", "pericardium", "lung", "subcut_fat", "spine"):
+        out[name] = zero
+    out["muscle"] = myocardial_curve(t, blood["aorta"], p["muscle_mbf"], {**p, "ve": 0.12, "extraction": 0.6, "myo_delay_s": 0.5})
+    portal = _conv(blood["aorta"], transit_kernel(t, p["liver_transit_s"], 2.5))
+    liver = 0.25 * blood["aorta"] * 0.08 + portal
+    out["liver"] = liver / max(liver.max(), 1e-9) * p["liver_peak_mmol"]
+    spleen = _conv(blood["aorta"], transit_kernel(t, 6.0, 2.0))
+    out["spleen"] = spleen / max(spleen.max(), 1e-9) * p["spleen_peak_mmol"]
+    stomach = _conv(blood["aorta"], transit_kernel(t, 25.0, 2.0))
+    out["stomach"] = stomach / max(stomach.max(), 1e-9) * p["stomach_peak_mmol"]
+    for key, mbf in mbf_values.items():
+        out[key] = myocardial_curve(t, lv, mbf, p)
+    return out
