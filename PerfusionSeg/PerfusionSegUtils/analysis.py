@@ -1,0 +1,264 @@
+"""The sequence of Lib calls behind the PerfusionSeg panel, on plain arrays (no Slicer import: runs on the worker).
+
+segment (ResUNet model or DAUGS pool) -> RV insertion points -> AHA sectors -> [Gd] -> AIF -> pixel-wise MBF ->
+16-segment table (stress, rest, reserve) -> bullseye PNG. Each step is one Lib call; this module only orders them,
+reports progress, checks for cancellation between steps, and keeps going (with a message) when an optional step
+cannot be done, so a panel always gets the segmentation even when, say, no AIF can be found.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from .background import SyncContext
+
+AHA_SEGMENTS = tuple(range(1, 17))
+TERRITORY = {s: "LAD" for s in (1, 2, 7, 8, 13, 14)}
+TERRITORY.update({s: "RCA" for s in (3, 4, 9, 10, 15)})
+TERRITORY.update({s: "LCX" for s in (5, 6, 11, 12, 16)})
+LV_BLOOD, LV_MYO = 1, 2
+
+
+@dataclass
+class AnalysisOptions:
+    method: str = "resunet"              # "resunet" | "daugs"
+    device: str = "auto"                 # "auto" | "cpu" | "cuda"
+    model: Optional[str] = None          # model card path or name; None: the first full-image model found
+    pool: Optional[str] = None           # DAUGS pool (folder or card); None: the default pool
+    models_dirs: tuple = ()              # folders with model cards, searched in order (the user's folder first)
+    umap_stride: int = 2
+    seg_stride: int = 16
+    compute_mbf: bool = True
+    output_dir: Optional[str] = None     # where the bullseye PNG goes (a new temporary folder when None)
+
+    def __post_init__(self):
+        self.method = str(self.method).lower()
+        if self.method not in ("resunet", "daugs"):
+            from PerfusionSegLib.errors import InvalidParameterError
+            raise InvalidParameterError(f"method must be 'resunet' or 'daugs', got {self.method!r}")
+        device = str(self.device).lower()
+        self.device = {"gpu": "cuda"}.get(device, device)
+
+
+@dataclass
+class SliceAnalysis:
+    condition: str
+    level: str
+    source: str
+    labels: np.ndarray                     # (Y, X) uint8 project codes on the input grid
+    sectors: Optional[np.ndarray] = None   # (Y, X) uint8 AHA segment 1-16 on myocardium
+    insertion: object = None               # aha.InsertionPoints
+    mbf: Optional[np.ndarray] = None       # (Y, X) ml/min/g, NaN outside myocardium
+    umap: Optional[np.ndarray] = None      # (Y, X) DAUGS uncertainty map
+    daugs: object = None                   # DAUGSResult (pool members, U_pp, chosen)
+    qc: dict = field(default_factory=dict)
+    messages: list = field(default_factory=list)
+
+
+@dataclass
+class AnalysisResult:
+    slices: list
+    table: dict = field(default_factory=dict)      # column name -> list (16 segments + "global")
+    bullseye_png: Optional[str] = None
+    messages: list = field(default_factory=list)
+
+    def slice(self, condition: str, level: str) -> Optional[SliceAnalysis]:
+        for s in self.slices:
+            if s.condition == condition and s.level == level:
+                return s
+        return None
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# segmentation
+# ------------------------------------------------------------------------------------------------------------------
+def _find_card(options: AnalysisOptions, architectures=("resunet", "unet2d")):
+    from PerfusionSegLib.errors import UnreadableFileError
+    from PerfusionSegLib.networks.registry import list_models
+
+    if options.model and os.path.isfile(str(options.model)):
+        return str(options.model), None
+    for folder in options.models_dirs:
+        for entry in list_models(folder):
+            if options.model and entry["name"] != options.model:
+                continue
+            if entry["architecture"] in architectures and entry["weights_present"]:
+                return entry["card"], folder
+    if options.model:
+        return options.model, (options.models_dirs[0] if options.models_dirs else None)
+    raise UnreadableFileError("no trained segmentation model found in " + (", ".join(map(str, options.models_dirs))
+                              or "the models folder") + ": set the models folder or train one (perfusion train)")
+
+
+def make_segmenter(options: AnalysisOptions):
+    """A function series -> (labels, extras dict); the model or pool is loaded once here."""
+    if options.method == "resunet":
+        from PerfusionSegLib.inference import segment_series
+        from PerfusionSegLib.networks.registry import load_model
+
+        card, folder = _find_card(options)
+        model = load_model(card, device=options.device, models_dir=folder)
+
+        def segment(series):
+            res = segment_series(series, model)
+            return res.labels, {"qc": dict(res.qc or {}), "model": model.name}
+        return segment
+
+    from PerfusionDAUGSLib import daugs
+
+    pool = daugs.load_pool(options.pool, device=options.device, models_dirs=tuple(options.models_dirs))
+
+    def segment(series):
+        res = daugs.run_daugs(series, pool, umap_stride=options.umap_stride, seg_stride=options.seg_stride)
+        return res.labels, {"umap": res.umap, "daugs": res, "qc": dict(getattr(res, "qc", {}) or {})}
+    return segment
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# quantification and report
+# ------------------------------------------------------------------------------------------------------------------
+def _aif_for_study(study, basal_series, basal_labels):
+    """The study's AIF as a [Gd] curve: given curve, or extracted from its image series, or (fallback, with a
+    warning from the Lib) from the LV blood pool of the most basal slice."""
+    from PerfusionSegLib.quantification import extract_aif
+
+    aif = study.aif
+    if aif is not None and aif.image_series is None and aif.units == "mmol/L":
+        return aif
+    if aif is not None and aif.image_series is not None:
+        return extract_aif(aif.image_series)
+    return extract_aif(basal_series, lv_mask=basal_labels == LV_BLOOD)
+
+
+def _mbf_map(series, labels, aif):
+    from PerfusionSegLib.quantification import compute_mbf_map, signal_to_gd
+
+    gd = signal_to_gd(series) if series.units == "signal" else series
+    maps = compute_mbf_map(gd, aif, labels == LV_MYO, model="fermi")
+    return np.asarray(maps["mbf"], dtype=np.float32)
+
+
+def segment_table(slices: list) -> dict:
+    """Mean MBF per AHA segment and globally, stress and rest, and the reserve (stress / rest)."""
+    from PerfusionSegLib.aha import segment_statistics
+
+    per_condition = {}
+    for condition in ("stress", "rest"):
+        maps = [(s.mbf, s.sectors) for s in slices if s.condition == condition and s.mbf is not None
+                and s.sectors is not None]
+        if not maps:
+            continue
+        stats = segment_statistics([m for m, _ in maps], [sec for _, sec in maps])
+        per_condition[condition] = stats
+    rows = [str(s) for s in AHA_SEGMENTS] + ["global"]
+    table = {"Segment": rows, "Territory": [TERRITORY[s] for s in AHA_SEGMENTS] + ["all"]}
+    for condition in ("stress", "rest"):
+        stats = per_condition.get(condition)
+        table[f"{condition.capitalize()} MBF"] = [None if stats is None else _stat(stats, key) for key in
+                                                  list(AHA_SEGMENTS) + ["global"]]
+    stress, rest = table["Stress MBF"], table["Rest MBF"]
+    table["Reserve"] = [None if (a is None or b is None or not np.isfinite(a) or not np.isfinite(b) or b <= 0)
+                        else float(a) / float(b) for a, b in zip(stress, rest)]
+    return table
+
+
+def _stat(stats, key):
+    value = stats.get(key) if isinstance(stats, dict) else None
+    if isinstance(value, dict):
+        value = value.get("mean")
+    return None if value is None else float(value)
+
+
+def write_bullseye(table: dict, output_dir: str) -> str:
+    from PerfusionSegLib.report import write_bullseye as draw
+
+    path = os.path.join(output_dir, "bullseye.png")
+    values = {c: {int(s): v for s, v in zip(table["Segment"][:16], table[f"{c.capitalize()} MBF"][:16])}
+              for c in ("stress", "rest") if any(v is not None for v in table[f"{c.capitalize()} MBF"][:16])}
+    draw(values, path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------------------------
+def analyse_studies(context, studies: dict, options: AnalysisOptions, labels_override: Optional[dict] = None
+                    ) -> AnalysisResult:
+    """Run the panel's analysis. studies: {"stress"|"rest": Study}; labels_override: {(condition, level): labels}
+    to use given (e.g. corrected) contours instead of the network. context: TaskContext or SyncContext."""
+    from PerfusionSegLib import aha
+
+    context = context or SyncContext()
+    labels_override = labels_override or {}
+    todo = [(c, s) for c, study in studies.items() if study is not None for s in study.slices]
+    if not todo:
+        from PerfusionSegLib.errors import InvalidSeriesError
+        raise InvalidSeriesError("no input series selected")
+    steps = len(todo) * (2 if options.compute_mbf else 1) + 1
+    step = 0
+    segmenter = None
+    result = AnalysisResult(slices=[])
+    for condition, series in todo:
+        context.check()
+        context.progress(step / steps, f"{condition} {series.level}: segmentation")
+        extras = {}
+        key = (condition, series.level)
+        if key in labels_override:
+            labels = np.asarray(labels_override[key], dtype=np.uint8)
+        else:
+            if segmenter is None:
+                segmenter = make_segmenter(options)
+            labels, extras = segmenter(series)
+        item = SliceAnalysis(condition=condition, level=series.level, source=series.source, labels=labels,
+                             umap=extras.get("umap"), daugs=extras.get("daugs"), qc=extras.get("qc", {}))
+        try:
+            item.insertion = aha.find_insertion_points(labels, spacing=series.spacing, affine=series.affine)
+            item.sectors = aha.aha_sector_map(labels, series.level, item.insertion)
+            if item.insertion.flagged:
+                item.messages.append(f"{condition} {series.level}: RV insertion point uncertain "
+                                     f"({item.insertion.note or item.insertion.source}); check the AHA sectors")
+        except Exception as exc:  # noqa: BLE001 - the segmentation is still worth returning
+            item.messages.append(f"{condition} {series.level}: no AHA sectors ({exc})")
+        result.slices.append(item)
+        step += 1
+
+    if options.compute_mbf:
+        for condition, study in studies.items():
+            if study is None:
+                continue
+            items = [s for s in result.slices if s.condition == condition]
+            basal = study.slices[0]
+            aif = None
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    aif = _aif_for_study(study, basal, items[0].labels)
+                result.messages += [f"{condition} AIF: {w.message}" for w in caught]
+            except Exception as exc:  # noqa: BLE001
+                result.messages.append(f"{condition}: no AIF, MBF not computed ({exc})")
+            for series, item in zip(study.slices, items):
+                context.check()
+                context.progress(step / steps, f"{condition} {series.level}: MBF")
+                step += 1
+                if aif is None:
+                    continue
+                try:
+                    item.mbf = _mbf_map(series, item.labels, aif)
+                except Exception as exc:  # noqa: BLE001
+                    item.messages.append(f"{condition} {series.level}: MBF not computed ({exc})")
+        context.check()
+        context.progress(step / steps, "AHA report")
+        if any(s.mbf is not None for s in result.slices):
+            try:
+                result.table = segment_table(result.slices)
+                out = options.output_dir or tempfile.mkdtemp(prefix="CardiacPerfusion-")
+                result.bullseye_png = write_bullseye(result.table, out)
+            except Exception as exc:  # noqa: BLE001
+                result.messages.append(f"AHA report not made ({exc})")
+    for item in result.slices:
+        result.messages += item.messages
+    context.progress(1.0, "done")
+    return result
