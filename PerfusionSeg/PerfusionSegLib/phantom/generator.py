@@ -521,7 +521,7 @@ def write_phantom(ps: PhantomStudy, out_dir: os.PathLike | str) -> list:
     """Write series, truth maps, AIF and parameters of one phantom study into ``out_dir``; returns the paths written.
 
     Per slice ``<condition>_<level>``: ``.nii.gz`` series (+ ``.times.json``), ``_pd.npy`` PD frames, ``_labels.nii.gz``,
-    ``_aha.nii.gz``, ``_mbf.nii.gz``, ``_gd.nii.gz`` (truth Gd series) and ``_truth.json`` (insertion points, tissue
+    ``_aha.nii.gz``, ``_mbf.nii.gz``, ``_gd.nii.gz`` (truth Gd series; ``_gd.npy`` if it is all zero) and ``_truth.json`` (insertion points, tissue
     curves). Study: ``<condition>_aif.json`` / ``_aif.npy`` ((2, T): times, Gd), ``_aif_images.nii.gz`` and
     ``_aif_mask.nii.gz`` when present, ``<condition>_params.json``.
     """
@@ -542,8 +542,12 @@ def write_phantom(ps: PhantomStudy, out_dir: os.PathLike | str) -> list:
         written.append(write_labels(tr.labels, out / f"{stem}_labels.nii.gz", s.spacing, s.affine))
         written.append(write_labels(tr.aha_segments, out / f"{stem}_aha.nii.gz", s.spacing, s.affine))
         written.append(write_map(tr.mbf, out / f"{stem}_mbf.nii.gz", s.spacing, s.affine))
-        gd = s.replace(data=tr.gd, units="mmol/L", pd_frames=None)
-        written.append(write_series(gd, out / f"{stem}_gd.nii.gz"))
+        if float(tr.gd.max()) > float(tr.gd.min()):
+            written.append(write_series(s.replace(data=tr.gd, units="mmol/L", pd_frames=None), out / f"{stem}_gd.nii.gz"))
+        else:   # the window ends before the bolus: a constant series is not a valid SliceSeries, keep the raw array
+            with atomic_output(out / f"{stem}_gd.npy") as tmp:
+                np.save(tmp, tr.gd)
+            written.append(out / f"{stem}_gd.npy")
         truth = {"level": s.level, "insertion_points_yx": {k: list(v) for k, v in tr.insertion_points_yx.items()},
                  "times_s": s.times.tolist(), "tissue_curves_mmol_per_L": {k: v.tolist() for k, v in tr.tissue_curves.items()},
                  "segment_mbf_ml_min_g": {str(int(k)): float(np.nanmean(tr.mbf[tr.aha_segments == k]))
