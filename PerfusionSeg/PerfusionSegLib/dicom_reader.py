@@ -266,6 +266,10 @@ def read_headers(paths: Iterable[Path]) -> list:
         except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise UnreadableFileError(f"{path.name}: truncated or unreadable DICOM header ({type(exc).__name__})") from None
         if "Rows" not in ds or "Columns" not in ds:
+            sop_class = getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None) or \
+                getattr(ds, "SOPClassUID", None)
+            if sop_class is not None and "Image Storage" in getattr(sop_class, "name", ""):
+                raise UnreadableFileError(f"{path.name}: truncated DICOM image (its header ends before the image size)")
             continue  # not an image (structured report, presentation state, ...)
         frames.extend(_frames_from_dataset(ds, path))
     return frames
@@ -368,7 +372,7 @@ def _plausible(times: np.ndarray) -> bool:
     return bool(np.all(d > 0) and _PLAUSIBLE_DT_S[0] <= np.median(d) <= _PLAUSIBLE_DT_S[1])
 
 
-def frame_times(frames: Sequence[DicomFrame], dt: Optional[float]) -> tuple:
+def frame_times(frames: Sequence[DicomFrame], dt: Optional[float], what: str = "DICOM") -> tuple:
     """(order, times in s from the first frame, source tag, note). ``order`` sorts ``frames`` in time."""
     n = len(frames)
     instance_order = sorted(range(n), key=lambda i: (frames[i].instance is None, frames[i].instance or 0, i))
@@ -402,8 +406,10 @@ def frame_times(frames: Sequence[DicomFrame], dt: Optional[float]) -> tuple:
         if _plausible(t):
             return order, t, "NominalInterval", "times from the cumulative R-R interval (one frame per beat assumed)"
         rejected.append("NominalInterval implausible")
+    else:
+        rejected.append("NominalInterval missing")
     if dt is None:
-        raise MissingGeometryError("DICOM images carry no usable frame time (" + ", ".join(rejected)
+        raise MissingGeometryError(f"{what}: the DICOM images carry no usable frame time (" + ", ".join(rejected)
                                    + "); give the frame interval with --dt S")
     return instance_order, np.arange(n) * float(dt), "InstanceNumber", \
         "frame order from InstanceNumber and times from --dt (no usable time tag: " + ", ".join(rejected) + ")"
@@ -478,8 +484,8 @@ def _read_pixels(frames: Sequence[DicomFrame]) -> np.ndarray:
             arr = cache[f.path]
             img = arr[f.frame] if f.frame is not None else arr
         except Exception as exc:  # pydicom raises many types on truncated pixel data or unknown compression
-            raise UnreadableFileError(f"{f.path.name}: unreadable pixel data ({type(exc).__name__}: "
-                                      f"{' '.join(str(exc).split())[:120]})") from None
+            first = " ".join(str(exc).split()).split(" - ")[0][:120]   # pydicom's first clause says what is wrong
+            raise UnreadableFileError(f"{f.path.name}: unreadable pixel data ({type(exc).__name__}: {first})") from None
         if img.ndim != 2 or img.shape != (f.rows, f.cols):
             raise InvalidSeriesError(f"{f.path.name}: image of shape {img.shape}, expected a 2-D {f.rows}x{f.cols} frame")
         out[k] = img.astype(np.float32) * np.float32(f.slope) + np.float32(f.intercept)
@@ -519,7 +525,8 @@ def entry_to_series(entry: DicomEntry, *, spacing=None, dt=None, level=None, con
         metadata["spacing_source"] = "PixelSpacing"
     else:
         raise MissingGeometryError(f"{source}: DICOM images carry no PixelSpacing; give it with --spacing MM")
-    order, times, time_source, note = frame_times(frames, None if dt is None else dt)
+    what = Path(source).name or source
+    order, times, time_source, note = frame_times(frames, dt, what)
     frames = [frames[i] for i in order]
     images = _read_pixels(frames)
     n_pd, pd_reason = detect_pd_frames(frames, images)
@@ -536,9 +543,12 @@ def entry_to_series(entry: DicomEntry, *, spacing=None, dt=None, level=None, con
         metadata["pd_reason"] = pd_reason
     if frames[0].acquisition_time is not None:
         metadata["acquisition_start_s_of_day"] = frames[0].acquisition_time
-    return SliceSeries(data=images, times=times, spacing=spacing_yx, affine=patient_matrix(frames[0], spacing_yx),
-                       level=level, slice_position=frames[0].slice_position(), condition=condition, units="signal",
-                       source=source, pd_frames=pd, metadata=metadata)
+    try:
+        return SliceSeries(data=images, times=times, spacing=spacing_yx, affine=patient_matrix(frames[0], spacing_yx),
+                           level=level, slice_position=frames[0].slice_position(), condition=condition,
+                           units="signal", source=source, pd_frames=pd, metadata=metadata)
+    except InvalidSeriesError as exc:   # say which input the defect is in
+        raise InvalidSeriesError(f"{what}: {exc}") from None
 
 
 def _spacing_override(spacing) -> tuple:

@@ -174,8 +174,11 @@ def _finish(tyx: np.ndarray, *, what: str, fmt: str, times=None, spacing_file=No
         why = f" ({missing_times_hint})" if missing_times_hint and any(m[0] == "frame interval" for m in missing) else ""
         raise MissingGeometryError(f"{what}: the file stores no " + " and no ".join(m[0] for m in missing) + why
                                    + "; give " + " and ".join(m[1] for m in missing) + " (the reader does not guess)")
-    return SliceSeries(data=tyx, times=times, spacing=spacing_yx, affine=affine, level=level, condition=condition,
-                       units=units, source=source, metadata=meta)
+    try:
+        return SliceSeries(data=tyx, times=times, spacing=spacing_yx, affine=affine, level=level, condition=condition,
+                           units=units, source=source, metadata=meta)
+    except InvalidSeriesError as exc:   # say which input the defect is in
+        raise InvalidSeriesError(f"{what}: {exc}") from None
 
 
 def _pick(candidates: list, series, what: str, describe) -> object:
