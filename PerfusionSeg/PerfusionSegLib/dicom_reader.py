@@ -219,6 +219,10 @@ def _frames_from_dataset(ds, path: Path) -> list:
             return None
         slope = _float(get("PixelValueTransformationSequence", "RescaleSlope"))
         intercept = _float(get("PixelValueTransformationSequence", "RescaleIntercept"))
+        own = dict(common)
+        flip = _float(get("MRTimingAndRelatedParametersSequence", "FlipAngle"))
+        if flip is not None:   # PD frames of a multi-frame file differ by their per-frame flip angle
+            own["flip_angle"] = flip
         frames.append(DicomFrame(
             frame=k,
             sop_uid=f"{getattr(ds, 'SOPInstanceUID', path.name)}#{k}",
@@ -233,7 +237,7 @@ def _frames_from_dataset(ds, path: Path) -> list:
             nominal_interval=_float(get("CardiacSynchronizationSequence", "RRIntervalTimeNominal")),
             slope=1.0 if slope is None else slope,
             intercept=0.0 if intercept is None else intercept,
-            **common,
+            **own,
         ))
     return frames
 

@@ -122,3 +122,61 @@ def write_series(folder: Path, *, n_frames: int = 12, rows: int = 24, cols: int 
         truth["pd_values"].append(stored_all[:pd_frames])
         truth["values"].append(stored_all[pd_frames:])
     return truth
+
+
+def write_enhanced(path: Path, *, n_frames: int = 12, rows: int = 24, cols: int = 20, pd_frames: int = 0,
+                   times: Optional[np.ndarray] = None, slope: float = 1.5, intercept: float = 2.0,
+                   pixel_spacing=(1.5, 1.25), iop=IOP, origin=(-40.0, -120.0, 60.0), seed: int = 0) -> dict:
+    """One Enhanced MR (multi-frame) file: per-frame position, orientation, spacing, rescale and acquisition time."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence as Seq
+    from pydicom.uid import EnhancedMRImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    rng = np.random.default_rng(seed)
+    times = default_times(n_frames) if times is None else np.asarray(times, float)
+    total = pd_frames + n_frames
+    all_times = np.concatenate([-(np.arange(pd_frames, 0, -1)) * 0.9, times]) if pd_frames else times
+    iop_u = _unit_iop(iop)
+    order = rng.permutation(total)          # frames stored out of time order
+    stored = np.stack([(100 + rng.integers(0, 10, size=(rows, cols)) + 30 * f).astype(np.uint16) for f in range(total)])
+    ds = Dataset()
+    meta = FileMetaDataset()
+    sop = generate_uid()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = EnhancedMRImageStorage, sop
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.SeriesInstanceUID = EnhancedMRImageStorage, sop, generate_uid()
+    ds.Modality, ds.Manufacturer, ds.SeriesNumber, ds.SeriesDescription = "MR", "Philips", 5, "perf enhanced"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+    ds.NumberOfFrames = total
+    shared = Dataset()
+    pm = Dataset()
+    pm.PixelSpacing, pm.SliceThickness = [f"{v:g}" for v in pixel_spacing], 8
+    po = Dataset()
+    po.ImageOrientationPatient = [f"{v:.6f}" for v in iop_u]
+    pvt = Dataset()
+    pvt.RescaleSlope, pvt.RescaleIntercept, pvt.RescaleType = f"{slope:g}", f"{intercept:g}", "US"
+    shared.PixelMeasuresSequence, shared.PlaneOrientationSequence = Seq([pm]), Seq([po])
+    shared.PixelValueTransformationSequence = Seq([pvt])
+    ds.SharedFunctionalGroupsSequence = Seq([shared])
+    per = []
+    for k in order:
+        item = Dataset()
+        fc = Dataset()
+        fc.FrameAcquisitionDateTime = "20240102" + _tm(36000.0 + all_times[k])
+        pp = Dataset()
+        pp.ImagePositionPatient = [f"{v:.6f}" for v in origin]
+        item.FrameContentSequence, item.PlanePositionSequence = Seq([fc]), Seq([pp])
+        mt = Dataset()
+        mt.FlipAngle = 5 if k < pd_frames else 12   # PD frames: a lower flip angle in the per-frame MR timing group
+        item.MRTimingAndRelatedParametersSequence = Seq([mt])
+        per.append(item)
+    ds.PerFrameFunctionalGroupsSequence = Seq(per)
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = stored[order].astype("<u2").tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+    values = stored.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    return {"times": times, "values": values[pd_frames:], "pd_values": values[:pd_frames], "iop": iop_u,
+            "origin": np.asarray(origin, float)}

@@ -362,3 +362,18 @@ def test_info_json_on_real_dicom(capsys):
     d = info["slices"][0]
     assert d["frames"] == 31 and d["pd_frames"] == 0 and d["time_source"] == "AcquisitionTime"
     assert d["regular_timing"] is False and 2.0 < d["median_interval_s"] < 2.6
+
+
+@pytest.mark.parametrize("pd", [0, 2])
+def test_enhanced_multiframe_dicom(tmp_path, pd):
+    truth = synthetic_dicom.write_enhanced(tmp_path / "enh.dcm", pd_frames=pd)
+    r = readers.load_series(tmp_path / "enh.dcm")
+    np.testing.assert_allclose(r.times, truth["times"], atol=2e-3)     # frames were stored out of time order
+    np.testing.assert_array_equal(r.data, truth["values"])             # shared rescale slope/intercept applied
+    np.testing.assert_allclose(r.affine[:3, 0], truth["iop"][:3] * 1.25, atol=1e-5)
+    np.testing.assert_allclose(r.affine[:3, 3], truth["origin"], atol=1e-5)
+    if pd:
+        np.testing.assert_array_equal(r.pd_frames, truth["pd_values"])
+        assert "flip angle 5" in r.metadata["pd_reason"]
+    else:
+        assert r.pd_frames is None
