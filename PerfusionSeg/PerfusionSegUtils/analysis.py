@@ -109,79 +109,163 @@ def make_segmenter(options: AnalysisOptions):
             return res.labels, {"qc": dict(res.qc or {}), "model": model.name}
         return segment
 
-    from PerfusionDAUGSLib import daugs
-
-    pool = daugs.load_pool(options.pool, device=options.device, models_dirs=tuple(options.models_dirs))
+    pool = load_daugs_pool(options)
 
     def segment(series):
-        res = daugs.run_daugs(series, pool, umap_stride=options.umap_stride, seg_stride=options.seg_stride)
-        return res.labels, {"umap": res.umap, "daugs": res, "qc": dict(getattr(res, "qc", {}) or {})}
+        res = run_daugs_on(series, pool, options)
+        return res.labels, {"umap": res.umap, "daugs": res, "qc": dict(res.qc or {})}
     return segment
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# DAUGS (PerfusionDAUGSLib)
+# ------------------------------------------------------------------------------------------------------------------
+def resolve_daugs_pool(options: AnalysisOptions) -> str:
+    """The pool to load: the one the user chose, else the default pool in the first models folder that has it,
+    else the default name (the Lib then searches its own default folders and says where it looked)."""
+    from PerfusionDAUGSLib.daugs import DEFAULT_POOL
+    from PerfusionDAUGSLib.pool import INDEX_NAME
+
+    if options.pool:
+        return str(options.pool)
+    for folder in options.models_dirs:
+        candidate = os.path.join(str(folder), DEFAULT_POOL)
+        if os.path.isfile(os.path.join(candidate, INDEX_NAME)):
+            return candidate
+    return DEFAULT_POOL
+
+
+def default_pool_available(options: AnalysisOptions) -> bool:
+    from PerfusionDAUGSLib.pool import resolve_pool_path
+    from PerfusionSegLib.errors import UnreadableFileError
+
+    try:
+        resolve_pool_path(resolve_daugs_pool(options))
+        return True
+    except UnreadableFileError:
+        return False
+
+
+def load_daugs_pool(options: AnalysisOptions):
+    from PerfusionDAUGSLib.pool import load_pool
+    return load_pool(resolve_daugs_pool(options), device=options.device)
+
+
+def run_daugs_on(series, pool, options: AnalysisOptions):
+    from PerfusionDAUGSLib.daugs import run_daugs
+    # member labels are kept so that the panel can show any member's result without running the pool again
+    return run_daugs(series, pool, umap_stride=options.umap_stride, seg_stride=options.seg_stride,
+                     device=options.device, keep_member_labels=True)
+
+
+def run_daugs_series(context, series, options: AnalysisOptions):
+    """The PerfusionDAUGS panel's job (worker-safe): load the pool, run DAUGS on one series -> DAUGSResult."""
+    context = context or SyncContext()
+    context.progress(0.0, "loading the model pool")
+    pool = load_daugs_pool(options)
+    context.check()
+    context.progress(0.1, f"running {len(pool)} pool members (U-map stride {options.umap_stride}, "
+                          f"segmentation stride {options.seg_stride})")
+    result = run_daugs_on(series, pool, options)
+    context.check()
+    context.progress(1.0, "done")
+    return result
+
+
+def daugs_member_ranking(result) -> list:
+    """Pool members, most certain first: [{"member", "U_pp", "U_tot", "stride", "chosen"}]."""
+    rows = [{"member": name, "U_pp": float(upp), "U_tot": float(result.utot.get(name, float("nan"))),
+             "stride": int(result.upp_stride.get(name, 0)), "chosen": name == result.chosen}
+            for name, upp in result.upp.items()]
+    return sorted(rows, key=lambda r: (not r["chosen"], r["U_pp"]))
+
+
+def daugs_qc_flags(result) -> list:
+    return [str(f) for f in (result.flags or [])]
+
+
+def daugs_member_labels(result, member: str, series=None):
+    from PerfusionSegLib.errors import InvalidParameterError
+
+    if member == result.chosen:
+        return result.labels
+    if result.member_labels and member in result.member_labels:
+        return result.member_labels[member]
+    raise InvalidParameterError(f"no labels kept for pool member {member!r}")
 
 
 # ------------------------------------------------------------------------------------------------------------------
 # quantification and report
 # ------------------------------------------------------------------------------------------------------------------
 def _aif_for_study(study, basal_series, basal_labels):
-    """The study's AIF as a [Gd] curve: given curve, or extracted from its image series, or (fallback, with a
-    warning from the Lib) from the LV blood pool of the most basal slice."""
-    from PerfusionSegLib.quantification import extract_aif
+    """The study's AIF as a baseline-free blood [Gd] curve, in this order: a given [Gd] curve (validated, foot and
+    peak found), else extracted from the AIF image series, else (fallback, the Lib warns why) from the LV blood pool
+    of the most basal slice."""
+    from PerfusionSegLib.quantification.aif import extract_aif, make_aif
 
     aif = study.aif
-    if aif is not None and aif.image_series is None and aif.units == "mmol/L":
-        return aif
+    if aif is not None and aif.units == "mmol/L":
+        return make_aif(aif.curve, aif.times, hematocrit=aif.hematocrit, units=aif.units)
     if aif is not None and aif.image_series is not None:
-        return extract_aif(aif.image_series)
+        return extract_aif(aif.image_series, hematocrit=aif.hematocrit)
     return extract_aif(basal_series, lv_mask=basal_labels == LV_BLOOD)
 
 
 def _mbf_map(series, labels, aif):
-    from PerfusionSegLib.quantification import compute_mbf_map, signal_to_gd
+    """Pixel-wise Fermi MBF (ml/min/g) on the myocardium of one slice: [Gd] conversion, then the Fermi fit."""
+    from PerfusionSegLib import quantification
+    from PerfusionSegLib.quantification.gd_conversion import signal_to_gd
 
     gd = signal_to_gd(series) if series.units == "signal" else series
-    maps = compute_mbf_map(gd, aif, labels == LV_MYO, model="fermi")
-    return np.asarray(maps["mbf"], dtype=np.float32)
+    compute_mbf_map = getattr(quantification, "compute_mbf_map", None)  # the agreed one-call interface, when present
+    if compute_mbf_map is not None:
+        return np.asarray(compute_mbf_map(gd, aif, labels == LV_MYO, model="fermi")["mbf"], dtype=np.float32)
+    from PerfusionSegLib.quantification.fermi import fermi_mbf
+
+    curve = aif.curve if np.array_equal(aif.times, gd.times) else np.interp(gd.times, aif.times, aif.curve)
+    result = fermi_mbf(gd.data, curve, gd.times, labels == LV_MYO)
+    return np.asarray(result.mbf, dtype=np.float32)
 
 
-def segment_table(slices: list) -> dict:
-    """Mean MBF per AHA segment and globally, stress and rest, and the reserve (stress / rest)."""
-    from PerfusionSegLib.aha import segment_statistics
+def condition_statistics(slices: list) -> dict:
+    """{condition: SegmentStatistics} of the MBF maps over the AHA sectors (PerfusionSegLib.segment_stats)."""
+    from PerfusionSegLib.segment_stats import segment_statistics
 
-    per_condition = {}
+    stats = {}
     for condition in ("stress", "rest"):
         maps = [(s.mbf, s.sectors) for s in slices if s.condition == condition and s.mbf is not None
                 and s.sectors is not None]
-        if not maps:
-            continue
-        stats = segment_statistics([m for m, _ in maps], [sec for _, sec in maps])
-        per_condition[condition] = stats
+        if maps:
+            stats[condition] = segment_statistics([m for m, _ in maps], [sec for _, sec in maps], condition=condition)
+    return stats
+
+
+def segment_table(stats: dict) -> dict:
+    """Columns (lists of 17 rows: segments 1-16, then global): stress and rest mean MBF and the reserve."""
+    from PerfusionSegLib.segment_stats import perfusion_reserve
+
     rows = [str(s) for s in AHA_SEGMENTS] + ["global"]
     table = {"Segment": rows, "Territory": [TERRITORY[s] for s in AHA_SEGMENTS] + ["all"]}
     for condition in ("stress", "rest"):
-        stats = per_condition.get(condition)
-        table[f"{condition.capitalize()} MBF"] = [None if stats is None else _stat(stats, key) for key in
-                                                  list(AHA_SEGMENTS) + ["global"]]
-    stress, rest = table["Stress MBF"], table["Rest MBF"]
-    table["Reserve"] = [None if (a is None or b is None or not np.isfinite(a) or not np.isfinite(b) or b <= 0)
-                        else float(a) / float(b) for a, b in zip(stress, rest)]
+        st = stats.get(condition)
+        table[f"{condition.capitalize()} MBF"] = (
+            [None] * 17 if st is None else [float(st.mean(s)) for s in AHA_SEGMENTS] + [float(st.global_.mean)])
+    if "stress" in stats and "rest" in stats:
+        reserve = perfusion_reserve(stats["stress"], stats["rest"]).by_region()
+        table["Reserve"] = [float(reserve[r].reserve) for r in rows]
+    else:
+        table["Reserve"] = [None] * 17
     return table
 
 
-def _stat(stats, key):
-    value = stats.get(key) if isinstance(stats, dict) else None
-    if isinstance(value, dict):
-        value = value.get("mean")
-    return None if value is None else float(value)
+def write_bullseye(stats: dict, output_dir: str) -> str:
+    """The bullseye PNG (stress; with rest also rest and reserve) drawn by PerfusionSegLib.report."""
+    from PerfusionSegLib.atomic import write_bytes_atomic
+    from PerfusionSegLib.report import bullseye_png
 
-
-def write_bullseye(table: dict, output_dir: str) -> str:
-    from PerfusionSegLib.report import write_bullseye as draw
-
-    path = os.path.join(output_dir, "bullseye.png")
-    values = {c: {int(s): v for s, v in zip(table["Segment"][:16], table[f"{c.capitalize()} MBF"][:16])}
-              for c in ("stress", "rest") if any(v is not None for v in table[f"{c.capitalize()} MBF"][:16])}
-    draw(values, path)
-    return path
+    first = stats.get("stress") or stats.get("rest")
+    png = bullseye_png(first, stats.get("rest") if "stress" in stats else None)
+    return str(write_bytes_atomic(os.path.join(output_dir, "bullseye.png"), png))
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -253,9 +337,10 @@ def analyse_studies(context, studies: dict, options: AnalysisOptions, labels_ove
         context.progress(step / steps, "AHA report")
         if any(s.mbf is not None for s in result.slices):
             try:
-                result.table = segment_table(result.slices)
+                stats = condition_statistics(result.slices)
+                result.table = segment_table(stats)
                 out = options.output_dir or tempfile.mkdtemp(prefix="CardiacPerfusion-")
-                result.bullseye_png = write_bullseye(result.table, out)
+                result.bullseye_png = write_bullseye(stats, out)
             except Exception as exc:  # noqa: BLE001
                 result.messages.append(f"AHA report not made ({exc})")
     for item in result.slices:

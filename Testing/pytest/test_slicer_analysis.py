@@ -1,0 +1,84 @@
+"""The PerfusionSeg panel's analysis sequence (PerfusionSegUtils.analysis) on the phantom, without Slicer.
+
+The truth contours stand in for the network (labels_override), so this checks the order of Lib calls and what the
+panel receives: sectors, MBF maps, the 16-segment table with reserve, the bullseye, progress and cancellation.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "PerfusionSeg"))
+from PerfusionSegLib.errors import InvalidParameterError, UnreadableFileError  # noqa: E402
+from PerfusionSegUtils.analysis import AnalysisOptions, analyse_studies  # noqa: E402
+from PerfusionSegUtils.background import Cancelled, SyncContext  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def phantom_pair():
+    from PerfusionSegLib.phantom import generate_study
+
+    studies, override, truth = {}, {}, {}
+    for condition in ("stress", "rest"):
+        ph = generate_study(seed=0, condition=condition, n_slices=3, units="mmol/L", n_frames=40)
+        studies[condition] = ph.study
+        for series, t in zip(ph.study.slices, ph.truth):
+            override[(condition, series.level)] = t.labels
+            truth[(condition, series.level)] = t
+    return studies, override, truth
+
+
+def test_analysis_with_truth_contours(phantom_pair, tmp_path):
+    studies, override, truth = phantom_pair
+    progress = []
+    result = analyse_studies(SyncContext(lambda f, text: progress.append((f, text))), studies,
+                             AnalysisOptions(output_dir=str(tmp_path)), labels_override=override)
+    assert result.messages == []
+    assert [(s.condition, s.level) for s in result.slices] == [(c, lv) for c in ("stress", "rest")
+                                                               for lv in ("basal", "mid", "apical")]
+    ring = {"basal": set(range(1, 7)), "mid": set(range(7, 13)), "apical": set(range(13, 17))}
+    for item in result.slices:
+        t = truth[(item.condition, item.level)]
+        myo = t.labels == 2
+        assert set(np.unique(item.sectors[myo])) <= ring[item.level]
+        assert np.mean(item.sectors[myo] == t.aha_segments[myo]) > 0.85
+        assert np.all(item.sectors[~myo] == 0)
+        assert np.all(np.isnan(item.mbf[~myo])) and np.isfinite(item.mbf[myo]).mean() > 0.9
+    table = result.table
+    assert len(table["Segment"]) == 17 and table["Segment"][-1] == "global"
+    assert table["Territory"][:16].count("LAD") == 6 and table["Territory"][:16].count("LCX") == 5
+    for condition in ("stress", "rest"):
+        items = [s for s in result.slices if s.condition == condition]
+        ours = np.concatenate([s.mbf[s.sectors > 0] for s in items])
+        # the table is the statistics of the maps the panel shows ...
+        assert table[f"{condition.capitalize()} MBF"][-1] == pytest.approx(np.nanmean(ours), rel=1e-6)
+        # ... and the maps come from the right AIF and [Gd] (a wrong AIF is off by a factor of several)
+        true = np.concatenate([t.mbf[t.labels == 2] for k, t in truth.items() if k[0] == condition])
+        assert np.nanmedian(ours) == pytest.approx(np.nanmedian(true), rel=0.3)
+    np.testing.assert_allclose(table["Reserve"], np.array(table["Stress MBF"]) / np.array(table["Rest MBF"]))
+    assert Path(result.bullseye_png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    fractions = [f for f, _ in progress]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) >= 8
+
+
+def test_cancel_stops_the_analysis(phantom_pair):
+    studies, override, _ = phantom_pair
+    context = SyncContext(lambda f, text: context.cancel() if f > 0 else None)
+    with pytest.raises(Cancelled):
+        analyse_studies(context, studies, AnalysisOptions(), labels_override=override)
+
+
+def test_segmentation_only_and_clear_errors(phantom_pair, tmp_path):
+    studies, override, _ = phantom_pair
+    result = analyse_studies(None, {"stress": studies["stress"]}, AnalysisOptions(compute_mbf=False),
+                             labels_override=override)
+    assert len(result.slices) == 3 and all(s.mbf is None for s in result.slices) and result.table == {}
+    with pytest.raises(InvalidParameterError):
+        AnalysisOptions(method="magic")
+    assert AnalysisOptions(device="GPU").device == "cuda"
+    # no override and no model anywhere: one clear message, not a traceback from deep inside
+    with pytest.raises(UnreadableFileError, match="no trained segmentation model"):
+        analyse_studies(None, {"stress": studies["stress"]}, AnalysisOptions(models_dirs=(str(tmp_path),)))
