@@ -1,0 +1,63 @@
+"""`perfusion train`: train a ResUNet or a DAUGS pool with the published recipes, on the phantom and/or labelled folders.
+
+Runs are resumable: run the same command again after an interruption and it continues from the last complete epoch.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a ResUNet or a DAUGS model pool (resumable)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--family", choices=("resunet", "daugs"), required=True)
+    p.add_argument("--data", nargs="+", default=["phantom"], metavar="SRC",
+                   help="phantom[:preset,preset...] and/or folders of labelled cases (the Slicer export format)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (runs, checkpoints, the exported model/pool)")
+    p.add_argument("--runs", type=int, default=None, help="DAUGS: independent runs (different initialisations); default 5")
+    p.add_argument("--epochs", type=int, help="override the recipe's epoch count")
+    p.add_argument("--steps-per-epoch", type=int, help="batches per epoch (on-the-fly data has no fixed epoch)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--config", help="network configuration name (e.g. xue2020, default, daugs2024, tiny)")
+    p.add_argument("--bank-size", type=int, help="training slices kept in memory and refreshed each epoch")
+    p.add_argument("--val-slices", type=int, help="phantom validation slices (separate seed stream)")
+    p.add_argument("--dice-threshold", type=float, default=0.87,
+                   help="DAUGS: a checkpoint joins the pool when its validation myocardium Dice reaches this")
+    p.add_argument("--max-members", type=int, default=50)
+    p.add_argument("--max-minutes", type=float, help="stop each run after this many minutes (resumable)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-resume", action="store_true", help="start again even if the output holds a run")
+    p.add_argument("--half", action="store_true", help="store exported weights as float16 (half the size)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def _recipe(args):
+    from ..errors import InvalidParameterError
+    from ..training.recipes import recipe_for
+
+    recipe = recipe_for(args.family)
+    changes = {k: v for k, v in {"epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
+                                 "batch_size": args.batch_size, "lr": args.lr, "config": args.config,
+                                 "bank_size": args.bank_size, "val_slices": args.val_slices}.items() if v is not None}
+    for k, v in changes.items():
+        if k != "config" and v <= 0:
+            raise InvalidParameterError(f"--{k.replace('_', '-')} must be positive, got {v}")
+    return recipe.replace(**changes)
+
+
+def run(args) -> int:
+    from ..training.pipeline import train_family
+
+    recipe = _recipe(args)
+    log = (lambda msg: print(msg, file=sys.stderr))
+    result = train_family(recipe, args.data, args.out, runs=args.runs, seed=args.seed, device=args.device,
+                          resume=not args.no_resume, max_minutes=args.max_minutes,
+                          dice_threshold=args.dice_threshold, max_members=args.max_members, half=args.half,
+                          progress=not args.quiet, log=log)
+    print(result["summary"])
+    return 0

@@ -1,0 +1,96 @@
+"""Training: published recipe defaults, augmentation invariants, patient split, a tiny resumable run, pool export."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from PerfusionSegLib.errors import InvalidParameterError
+from PerfusionSegLib.training.augment import AugmentConfig, augment_daugs, shift_crop, warp
+from PerfusionSegLib.training.data import parse_data_spec, split_by_patient
+from PerfusionSegLib.training.recipes import DAUGS2024, XUE2020, recipe_for
+
+
+def test_recipes_are_the_published_ones():
+    assert (XUE2020.lr, XUE2020.lr_halve_every, XUE2020.epochs, XUE2020.loss) == (1e-3, 10, 60, "ce+jaccard")
+    assert (XUE2020.shift_px, XUE2020.shift_frames, XUE2020.n_frames, XUE2020.size) == (24, 6, 48, 176)
+    assert (DAUGS2024.lr, DAUGS2024.lr_halve_every, DAUGS2024.batch_size, DAUGS2024.epochs) == (5e-4, 2, 128, 15)
+    assert (DAUGS2024.early_stop_patience, DAUGS2024.patch, DAUGS2024.patch_stride, DAUGS2024.loss) == (5, 64, 32, "ce")
+    assert DAUGS2024.input_spec()["scale"] == 2.0 and XUE2020.input_spec()["dt"] == 0.5
+    with pytest.raises(InvalidParameterError):
+        recipe_for("vnet")
+    with pytest.raises(InvalidParameterError):
+        DAUGS2024.replace(learning_rate=1.0)
+
+
+def test_identity_warp_keeps_images_and_labels():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 16, 16)
+    y = torch.randint(0, 4, (2, 16, 16))
+    theta = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).repeat(2, 1, 1)
+    xw, yw = warp(x, y, theta)
+    torch.testing.assert_close(xw, x, atol=1e-5, rtol=0)
+    assert torch.equal(yw, y)
+    del g
+
+
+def test_daugs_augmentation_keeps_label_codes_and_range():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(6, 5, 32, 32)
+    y = torch.zeros(6, 32, 32, dtype=torch.long)
+    y[:, 10:20, 10:20] = 2
+    y[:, 13:17, 13:17] = 1
+    xa, ya = augment_daugs(x, y, g, AugmentConfig())
+    assert xa.shape == x.shape and ya.shape == y.shape
+    assert set(torch.unique(ya).tolist()) <= {0, 1, 2}
+    assert float(xa.min()) >= 0 and float(xa.max()) <= 1.5 and torch.isfinite(xa).all()
+    assert not torch.allclose(xa, x)  # something changed
+
+
+def test_shift_crop_takes_windows_inside_the_field():
+    g = torch.Generator().manual_seed(2)
+    x = torch.arange(2 * 10 * 12 * 12, dtype=torch.float32).reshape(2, 10, 12, 12)
+    y = torch.arange(2 * 12 * 12).reshape(2, 12, 12)
+    xc, yc = shift_crop(x, y, size=8, n_frames=6, g=g)
+    assert xc.shape == (2, 6, 8, 8) and yc.shape == (2, 8, 8)
+    for i in range(2):  # the label crop is the same window as the image crop
+        oy, ox = divmod(int(yc[i, 0, 0]) - i * 144, 12)
+        assert torch.equal(yc[i], y[i, oy:oy + 8, ox:ox + 8])
+        t0 = int((xc[i, 0, 0, 0] - x[i, 0, oy, ox]) // 144)
+        assert torch.equal(xc[i], x[i, t0:t0 + 6, oy:oy + 8, ox:ox + 8])
+
+
+def test_patient_split_is_stable_and_disjoint():
+    patients = [f"p{i}" for i in range(10) for _ in range(3)]
+    val = split_by_patient(patients, 0.2, seed=0)
+    assert len(val) == 2 and val == split_by_patient(patients, 0.2, seed=0)
+    assert split_by_patient(["only"], 0.5, 0) == set()
+
+
+def test_data_spec(tmp_path):
+    spec = parse_data_spec(["phantom:randomised,ge-gre-3t", str(tmp_path)])
+    assert spec["presets"] == ["randomised", "ge-gre-3t"] and spec["folders"] == [tmp_path]
+    with pytest.raises(InvalidParameterError, match="unknown phantom preset"):
+        parse_data_spec(["phantom:philips"])
+    with pytest.raises(InvalidParameterError):
+        parse_data_spec([str(tmp_path / "missing")])
+
+
+def test_tiny_daugs_run_resumes_and_exports_a_pool(tmp_path):
+    from PerfusionDAUGSLib.pool import load_pool
+    from PerfusionSegLib.training.pipeline import train_family
+
+    recipe = DAUGS2024.replace(config="tiny", epochs=1, steps_per_epoch=1, batch_size=8, bank_size=2, val_slices=1)
+    out = train_family(recipe, ["phantom:siemens-flash-3t"], tmp_path, runs=2, dice_threshold=0.0, progress=False,
+                       log=lambda m: None)
+    assert out["n_members"] == 2
+    history = json.loads((tmp_path / "runs" / "run00" / "history.json").read_text())
+    assert len(history) == 1 and "2" in history[0]["val_dice"]
+    # resuming with more epochs continues from epoch 1 instead of starting again
+    out = train_family(recipe.replace(epochs=2), ["phantom:siemens-flash-3t"], tmp_path, runs=1, dice_threshold=0.0,
+                       progress=False, log=lambda m: None)
+    history = json.loads((tmp_path / "runs" / "run00" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    pool = load_pool(tmp_path / "pool", device="cpu")
+    assert len(pool) == 2 and pool.established in pool.names
+    assert pool.input_spec()["n_frames"] == 30
