@@ -1,0 +1,299 @@
+"""Evaluate every pool member on a series (segmentation, U-map, U_pp, U_tot) and choose one: DAUGS and established.
+
+DAUGS chooses, per series, the member with the lowest U_pp at U-map stride 2; the "established" baseline is the member
+with the best validation Dice, whatever the series.
+
+Exhaustive search runs every member on all 1089 stride-2 patches (the 25 stride-16 patches of the segmentation are
+among them, so they are not run twice). On 2 CPU cores that is minutes per study for a 50-member pool, so the fast path
+ranks in stages, adding patches to running per-member sums (the stride-16, -4 and -2 windows of a 128 image are
+nested, so a later stage only runs the patches it adds):
+
+1. every member at the segmentation stride (16: needed for its segmentation anyway) -> coarse U_pp;
+2. ``schedule`` stages, e.g. ``((4, 4, 0.25), (2, 2, 0.05))``: the best ``max_members`` members whose U_pp at the
+   previous stage is within ``(1 + tolerance)`` of the best go on to the next stride (at least one always does);
+3. the chosen member is the lowest U_pp at the last stride (2), among the members evaluated there.
+
+Members whose U_pp were only measured at a coarse stride keep that value, labelled with its stride.
+Patches are extracted once per batch and fed to each member in turn: on CPU this is faster than stacking members with
+``torch.func.stack_module_state`` + ``vmap`` (grouped convolutions; measured 3-6x slower here). bf16 autocast is
+optional (``bf16=True``); see docs/daugs.md for its measured effect on speed and on the choice.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from PerfusionSegLib.errors import InvalidParameterError
+
+from .patching import PatchAccumulator, extract_patches, make_grid
+from .umap import (MYOCARDIUM_LABEL, PATCH_SIZE, SEG_STRIDE, UMAP_MARGIN, UMAP_STRIDE, MemberEvaluation,
+                   labels_from_probabilities, uncertainty_scores)
+
+DEFAULT_SCHEDULE = ((4, 4, 0.25), (2, 2, 0.05))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# members: anything with a network (LoadedModel from the registry, a PoolMember, or a bare nn.Module)
+# --------------------------------------------------------------------------------------------------------------------
+def _network_of(member):
+    for attr in ("network",):
+        if hasattr(member, attr):
+            return getattr(member, attr)
+    model = getattr(member, "model", None)
+    if model is not None:
+        return _network_of(model)
+    if isinstance(member, torch.nn.Module):
+        return member
+    raise InvalidParameterError(f"pool member {member!r} holds no network")
+
+
+def _device_of(network) -> torch.device:
+    for p in network.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def members_of(pool_or_members) -> Tuple[List[str], list, Optional[str]]:
+    """(names, members, established name) from a ModelPool, a dict name -> member, or a list of (name, member)."""
+    if hasattr(pool_or_members, "members") and hasattr(pool_or_members, "established"):
+        names = [m.name for m in pool_or_members.members]
+        return names, list(pool_or_members.members), pool_or_members.established
+    if isinstance(pool_or_members, dict):
+        return list(pool_or_members), list(pool_or_members.values()), None
+    items = list(pool_or_members)
+    if items and isinstance(items[0], tuple):
+        return [str(n) for n, _ in items], [m for _, m in items], None
+    return [f"member{i:02d}" for i in range(len(items))], items, None
+
+
+class _Predictor:
+    """Softmax probabilities of one network for a batch of patches, on the network's device, optional bf16."""
+
+    def __init__(self, member, bf16: bool = False):
+        self.network = _network_of(member)
+        self.network.eval()
+        self.device = _device_of(self.network)
+        self.bf16 = bool(bf16)
+        # conv nets run faster channels-last on CPU (oneDNN; the registry loads them so); keep what the net uses
+        self.channels_last = any(p.ndim == 4 and p.is_contiguous(memory_format=torch.channels_last)
+                                 and not p.is_contiguous() for p in self.network.parameters())
+
+    def __call__(self, patches: torch.Tensor) -> torch.Tensor:
+        x = patches.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.network(x)
+        return logits.float().softmax(dim=1).cpu()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# running per-member, per-image sums
+# --------------------------------------------------------------------------------------------------------------------
+class _MemberState:
+    """Accumulators of one member on one image: segmentation (all classes, whole patches) and U-map (myocardium)."""
+
+    def __init__(self, image_shape, n_classes: int, patch: int, margin, seg_offsets: np.ndarray):
+        self.seg = PatchAccumulator(image_shape, (patch, patch), n_maps=n_classes, margin=0, with_squares=False)
+        self.umap = PatchAccumulator(image_shape, (patch, patch), n_maps=1, margin=margin)
+        self.seg_needed = {tuple(o) for o in seg_offsets.tolist()}
+        self.umap_done: set = set()
+        self.stride_reached: Optional[int] = None
+
+
+@dataclass
+class SelectionResult:
+    """The outcome on one series (image): per-member evaluations (at the finest stride each reached) and the choice."""
+
+    evaluations: Dict[str, MemberEvaluation]
+    chosen: str
+    established: Optional[str]
+    mode: str                               # "exhaustive" | "fast"
+    n_patch_forwards: int
+    seconds: float
+    flags: tuple = ()
+
+    @property
+    def upp(self) -> Dict[str, float]:
+        return {k: v.upp for k, v in self.evaluations.items()}
+
+    @property
+    def utot(self) -> Dict[str, float]:
+        return {k: v.utot for k, v in self.evaluations.items()}
+
+    @property
+    def upp_stride(self) -> Dict[str, int]:
+        return {k: v.umap_stride for k, v in self.evaluations.items()}
+
+    @property
+    def chosen_evaluation(self) -> MemberEvaluation:
+        return self.evaluations[self.chosen]
+
+
+class PoolEvaluator:
+    """Runs pool members on a set of images (frames as channels), adding patches stage by stage."""
+
+    def __init__(self, pool_or_members, images: Sequence[np.ndarray], *, seg_stride: int = SEG_STRIDE,
+                 patch: int = PATCH_SIZE, margin=UMAP_MARGIN, batch_size: int = 128, bf16: bool = False,
+                 myocardium_channel: int = MYOCARDIUM_LABEL):
+        self.names, members, self.established = members_of(pool_or_members)
+        if not self.names:
+            raise InvalidParameterError("the model pool is empty")
+        if len(set(self.names)) != len(self.names):
+            raise InvalidParameterError("pool member names must be unique")
+        self.predictors = [_Predictor(m, bf16=bf16) for m in members]
+        self.images = [self._as_image(im) for im in images]
+        if not self.images:
+            raise InvalidParameterError("no images to evaluate")
+        self.patch = int(patch)
+        self.margin = margin
+        self.seg_stride = int(seg_stride)
+        self.batch_size = max(1, int(batch_size))
+        self.myo = int(myocardium_channel)
+        self.n_forwards = 0
+        self.n_classes = self._probe_classes()
+        self.states = [[_MemberState(im.shape[1:], self.n_classes, self.patch, self.margin,
+                                     make_grid(im.shape[1:], self.patch, self.seg_stride).offsets)
+                        for im in self.images] for _ in self.names]
+
+    @staticmethod
+    def _as_image(image) -> torch.Tensor:
+        a = np.asarray(image, dtype=np.float32)
+        if a.ndim != 3 or not np.all(np.isfinite(a)):
+            raise InvalidParameterError(f"a DAUGS input must be a finite (frames, H, W) array, got shape {a.shape}")
+        return torch.from_numpy(np.ascontiguousarray(a))
+
+    def _probe_classes(self) -> int:
+        im = self.images[0]
+        if min(im.shape[1:]) < self.patch:
+            raise InvalidParameterError(f"image {tuple(im.shape[1:])} is smaller than the {self.patch}-pixel patch")
+        probe = extract_patches(im, np.zeros((1, 2), np.int64), (self.patch, self.patch))
+        k = int(self.predictors[0](probe).shape[1])
+        if not 0 <= self.myo < k:
+            raise InvalidParameterError(f"the networks give {k} classes; no myocardium channel {self.myo}")
+        return k
+
+    def advance(self, member_indices: Sequence[int], stride: int,
+                image_indices: Optional[Sequence[int]] = None) -> None:
+        """Run members on every window of stride ``stride`` (U-map) they have not seen yet, plus any segmentation
+        window (stride ``seg_stride``) still missing. Patches are extracted once per batch for all members."""
+        member_indices = list(member_indices)
+        image_indices = range(len(self.images)) if image_indices is None else list(image_indices)
+        for i_img in image_indices:
+            im = self.images[i_img]
+            grid = {tuple(o) for o in make_grid(im.shape[1:], self.patch, stride).offsets.tolist()}
+            todo = {}
+            for m in member_indices:
+                st = self.states[m][i_img]
+                todo[m] = (grid - st.umap_done) | st.seg_needed
+            union = sorted(set().union(*todo.values()))
+            for start in range(0, len(union), self.batch_size):
+                chunk = union[start:start + self.batch_size]
+                patches = extract_patches(im, np.asarray(chunk, np.int64), (self.patch, self.patch))
+                for m in member_indices:
+                    st = self.states[m][i_img]
+                    rows = [j for j, o in enumerate(chunk) if o in todo[m]]
+                    if not rows:
+                        continue
+                    probs = self.predictors[m](patches if len(rows) == len(chunk) else patches[rows])
+                    self.n_forwards += len(rows)
+                    offs = [chunk[j] for j in rows]
+                    u_rows = [r for r, o in enumerate(offs) if o in grid and o not in st.umap_done]
+                    if u_rows:
+                        st.umap.add(probs[u_rows][None, :, self.myo], np.asarray([offs[r] for r in u_rows]))
+                        st.umap_done.update(offs[r] for r in u_rows)
+                    s_rows = [r for r, o in enumerate(offs) if o in st.seg_needed]
+                    if s_rows:
+                        st.seg.add(probs[s_rows].permute(1, 0, 2, 3), np.asarray([offs[r] for r in s_rows]))
+                        st.seg_needed.difference_update(offs[r] for r in s_rows)
+            for m in member_indices:
+                st = self.states[m][i_img]
+                st.stride_reached = int(stride) if st.stride_reached is None else min(st.stride_reached, int(stride))
+
+    def evaluation(self, m: int, i_img: int, threshold: float = 0.5) -> MemberEvaluation:
+        state = self.states[m][i_img]
+        if state.stride_reached is None:
+            raise InvalidParameterError(f"member {self.names[m]} has not been run on image {i_img}")
+        mean = state.seg.mean()
+        labels = labels_from_probabilities(mean, self.myo, threshold)
+        umap = state.umap.std()[0]
+        scores = uncertainty_scores(umap, labels == MYOCARDIUM_LABEL)
+        return MemberEvaluation(member=self.names[m], mean_probabilities=mean, labels=labels, umap=umap,
+                                scores=scores, umap_stride=state.stride_reached, seg_stride=self.seg_stride,
+                                n_umap_patches=len(state.umap_done), flags=scores.flags)
+
+
+def _rank(evals: Dict[str, MemberEvaluation], names: Sequence[str]) -> List[str]:
+    """Names by ascending U_pp (inf last), ties by U_tot then pool order."""
+    order = {n: i for i, n in enumerate(names)}
+    return sorted(names, key=lambda n: (evals[n].upp, evals[n].utot, order[n]))
+
+
+def select_members(pool_or_members, images: Sequence[np.ndarray], *, umap_stride: int = UMAP_STRIDE,
+                   seg_stride: int = SEG_STRIDE, fast: bool = True, schedule=DEFAULT_SCHEDULE,
+                   patch: int = PATCH_SIZE, margin=UMAP_MARGIN, batch_size: int = 128, bf16: bool = False,
+                   established: Optional[str] = None, myocardium_channel: int = MYOCARDIUM_LABEL
+                   ) -> List[SelectionResult]:
+    """Choose a member per image (DAUGS: lowest U_pp at ``umap_stride``) and report the established one.
+
+    ``fast=False``: exhaustive (every member at ``umap_stride``). ``fast=True``: staged search (module docstring); the
+    last stage of ``schedule`` is forced to ``umap_stride``. Returns one :class:`SelectionResult` per image.
+    """
+    t0 = time.perf_counter()
+    ev = PoolEvaluator(pool_or_members, images, seg_stride=seg_stride, patch=patch, margin=margin,
+                       batch_size=batch_size, bf16=bf16, myocardium_channel=myocardium_channel)
+    est = established or ev.established
+    if est is not None and est not in ev.names:
+        raise InvalidParameterError(f"established member {est!r} is not in the pool")
+    n_members = len(ev.names)
+    all_idx = list(range(n_members))
+    results: List[SelectionResult] = []
+    if not fast:
+        ev.advance(all_idx, umap_stride)
+        for i_img in range(len(ev.images)):
+            evals = {ev.names[m]: ev.evaluation(m, i_img) for m in all_idx}
+            results.append(_result(evals, ev.names, est, "exhaustive", ev))
+    else:
+        stages = [(int(s), int(k), float(tol)) for s, k, tol in schedule]
+        if not stages or stages[-1][0] != int(umap_stride):
+            stages.append((int(umap_stride), 1, 0.0))
+        # stage 1 for every member and image at once (largest batches); later stages per image
+        ev.advance(all_idx, seg_stride)
+        for i_img in range(len(ev.images)):
+            evals = {ev.names[m]: ev.evaluation(m, i_img) for m in all_idx}
+            candidates = list(ev.names)
+            for stride, max_members, tol in stages:
+                ranked = _rank(evals, candidates)
+                best = evals[ranked[0]].upp
+                keep = [n for n in ranked[:max(1, max_members)]
+                        if n == ranked[0] or (math.isfinite(best) and evals[n].upp <= best * (1.0 + tol))]
+                idx = [ev.names.index(n) for n in keep]
+                ev.advance(idx, stride, [i_img])
+                for m in idx:
+                    evals[ev.names[m]] = ev.evaluation(m, i_img)
+                candidates = keep
+            results.append(_result(evals, ev.names, est, "fast", ev, final=candidates))
+    seconds = time.perf_counter() - t0
+    for r in results:
+        r.seconds = seconds / len(results)
+        r.n_patch_forwards = ev.n_forwards // len(results)
+    return results
+
+
+def _result(evals: Dict[str, MemberEvaluation], names: Sequence[str], established: Optional[str], mode: str,
+            ev: PoolEvaluator, final: Optional[Sequence[str]] = None) -> SelectionResult:
+    pool = list(final) if final is not None else list(names)
+    ranked = _rank(evals, pool)
+    chosen = ranked[0]
+    flags = []
+    if not math.isfinite(evals[chosen].upp):
+        flags.append("no_member_segments_myocardium")
+        if established is not None:       # nothing to choose between: fall back on the established member
+            chosen = established
+    return SelectionResult(evaluations=evals, chosen=chosen, established=established, mode=mode,
+                           n_patch_forwards=0, seconds=0.0, flags=tuple(flags))

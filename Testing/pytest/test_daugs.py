@@ -1,0 +1,322 @@
+"""DAUGS: patches, accumulation, U-map (no NaN, border rule), U_pp/U_tot, member selection, pools, input-grid outputs."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from PerfusionDAUGSLib.patching import (PatchAccumulator, check_coverage, contribution_mask, contribution_rects,
+                                        extract_patches, iter_patch_batches, make_grid, patch_offsets)
+from PerfusionDAUGSLib.selection import PoolEvaluator, select_members
+from PerfusionDAUGSLib.umap import labels_from_probabilities, uncertainty_scores
+from PerfusionSegLib.errors import InvalidParameterError
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# tiny test networks (channels = frames; 4 classes: background, blood pool, myocardium, RV)
+# ---------------------------------------------------------------------------------------------------------------------
+class ConstantNet(nn.Module):
+    """Same logits at every pixel of every patch: a translation-equivariant constant output."""
+
+    def __init__(self, logits=(0.0, 0.0, 3.0, 0.0)):
+        super().__init__()
+        self.logits = nn.Parameter(torch.tensor(logits, dtype=torch.float32), requires_grad=False)
+
+    def forward(self, x):
+        return self.logits[None, :, None, None].expand(x.shape[0], -1, x.shape[2], x.shape[3]) + 0.0 * x[:, :1]
+
+
+class PixelNet(nn.Module):
+    """Myocardium where channel 0 is bright; each pixel depends on itself only, plus ``context`` x (patch mean - 0.5):
+    context 0 is perfectly consistent over overlapping patches (U-map 0), larger context less and less so."""
+
+    def __init__(self, context: float = 0.0):
+        super().__init__()
+        self.context = float(context)
+        self.scale = nn.Parameter(torch.tensor(12.0), requires_grad=False)
+
+    def forward(self, x):
+        c0 = x[:, :1]
+        patch_mean = c0.mean(dim=(2, 3), keepdim=True)
+        myo = self.scale * (c0 - 0.5) + self.context * 40.0 * (patch_mean - 0.15)
+        zeros = torch.zeros_like(myo)
+        return torch.cat([zeros, zeros - 2.0, myo, zeros - 2.0], dim=1)
+
+
+def ring_image(size=128, channels=3, seed=0, noise=0.05):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.indices((size, size))
+    r = np.hypot(yy - size / 2 + 3.5, xx - size / 2 + 2.5) * (128 / size)
+    ring = ((r > 14) & (r < 22)).astype(np.float32)
+    img = np.stack([ring * 0.9 + 0.05 + noise * rng.standard_normal((size, size)) for _ in range(channels)])
+    return img.astype(np.float32), ring.astype(bool)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# patching
+# ---------------------------------------------------------------------------------------------------------------------
+def test_patch_counts_match_daugs():
+    g16 = make_grid((128, 128), 64, 16)
+    g2 = make_grid((128, 128), 64, 2)
+    assert g16.n_patches == 25 and list(g16.offsets_y) == [0, 16, 32, 48, 64]
+    assert g2.n_patches == 1089 and g2.offsets_y[-1] == 64 and len(g2.offsets_y) == 33
+    assert g2.offsets.shape == (1089, 2)
+
+
+def test_offsets_reach_the_far_border_for_any_size():
+    assert list(patch_offsets(97, 64, 16)) == [0, 16, 32, 33]
+    for size, stride in [(131, 16), (97, 2), (64, 5), (101, 7)]:
+        offs = patch_offsets(size, 64, stride)
+        assert offs[0] == 0 and offs[-1] == size - 64 and np.all(np.diff(offs) > 0) and np.all(np.diff(offs) <= stride)
+        assert check_coverage(make_grid((size, size), 64, stride)) == 0
+    with pytest.raises(InvalidParameterError):
+        patch_offsets(50, 64, 2)
+    with pytest.raises(InvalidParameterError):
+        patch_offsets(128, 64, 0)
+
+
+def test_extract_patches_equals_slicing_and_batches_cover_everything():
+    rng = np.random.default_rng(1)
+    img = rng.random((3, 21, 17), dtype=np.float32)
+    grid = make_grid(img.shape, (8, 6), (3, 4))
+    seen = 0
+    for offs, patches in iter_patch_batches(img, grid, batch_size=7):
+        assert patches.shape[1:] == (3, 8, 6)
+        for (y, x), p in zip(offs, patches.numpy()):
+            np.testing.assert_array_equal(p, img[:, y:y + 8, x:x + 6])
+        seen += len(offs)
+    assert seen == grid.n_patches
+    with pytest.raises(InvalidParameterError):
+        extract_patches(img, np.array([[20, 0]]), (8, 6))
+
+
+def _naive_stats(values, offsets, shape, rects):
+    """Per pixel: the list of contributing patch values -> mean, population std (plain Python loops)."""
+    H, W = shape
+    lists = [[[] for _ in range(W)] for _ in range(H)]
+    for v, (oy, ox), (y0, y1, x0, x1) in zip(values, offsets, rects):
+        for py in range(y0, y1):
+            for px in range(x0, x1):
+                lists[oy + py][ox + px].append(float(v[py, px]))
+    mean = np.array([[np.mean(c) for c in row] for row in lists])
+    std = np.array([[np.std(c) for c in row] for row in lists])
+    count = np.array([[len(c) for c in row] for row in lists])
+    return mean, std, count
+
+
+@pytest.mark.parametrize("margin", [0, (1, 1), (2, 1)])
+def test_accumulation_equals_naive_loop(margin):
+    rng = np.random.default_rng(2)
+    shape, patch = (13, 11), (6, 5)
+    grid = make_grid(shape, patch, 2)
+    vals = rng.random((grid.n_patches, *patch))
+    acc = PatchAccumulator(shape, patch, n_maps=1, margin=margin)
+    half = grid.n_patches // 2                 # in two batches, like the real loop
+    acc.add(vals[None, :half], grid.offsets[:half])
+    acc.add(vals[None, half:], grid.offsets[half:])
+    rects = contribution_rects(grid.offsets, shape, patch, margin)
+    mean, std, count = _naive_stats(vals, grid.offsets, shape, rects)
+    np.testing.assert_array_equal(acc.counts(), count)
+    np.testing.assert_allclose(acc.mean()[0], mean, atol=1e-6)
+    np.testing.assert_allclose(acc.std()[0], std, atol=1e-6)
+    mask = contribution_mask(grid.offsets, shape, patch, margin)
+    assert mask.sum() == count.sum()
+
+
+def test_border_rule_defines_every_pixel_where_the_public_rule_leaves_gaps():
+    grid = make_grid((128, 128), 64, 2)
+    assert check_coverage(grid, (5, 1)) == 0
+    # the public release dropped the rim of every patch: rows 0..4 and row 127 had no value
+    public = np.zeros((128, 128), int)
+    for oy, ox in grid.offsets:
+        public[oy + 5:oy + 63, ox + 5:ox + 63] += 1
+    assert (public == 0).sum() > 0 and (public[:5] == 0).all() and (public[127] == 0).all()
+    with pytest.raises(InvalidParameterError):
+        contribution_rects(grid.offsets, (128, 128), (64, 64), (40, 30))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# U-map and scores
+# ---------------------------------------------------------------------------------------------------------------------
+def test_umap_of_a_constant_model_is_zero_and_defined_everywhere():
+    img, _ = ring_image(channels=2)
+    ev = PoolEvaluator([("const", ConstantNet())], [img])
+    ev.advance([0], 2)
+    e = ev.evaluation(0, 0)
+    assert e.umap.shape == (128, 128) and np.all(np.isfinite(e.umap))
+    assert float(np.abs(e.umap).max()) < 1e-6
+    assert (e.labels == 2).all()                      # mean myocardium probability e^3/(e^3+3) > 0.5 everywhere
+    assert e.utot < 1e-8 and e.upp < 1e-12
+    assert e.n_umap_patches == 1089 and e.umap_stride == 2
+
+
+def test_umap_has_no_nan_and_stays_in_range_including_borders():
+    img, _ = ring_image(channels=2, seed=3)
+    ev = PoolEvaluator([("ctx", PixelNet(context=1.0))], [img])
+    ev.advance([0], 2)
+    e = ev.evaluation(0, 0)
+    u = e.umap
+    assert np.all(np.isfinite(u)) and u.min() >= 0.0 and u.max() <= 0.5
+    assert u.max() > 0.01                            # context-dependent member: a real, non-zero U-map
+    assert np.isfinite(u[:5]).all() and np.isfinite(u[-1]).all() and np.isfinite(u[:, :5]).all()
+    assert u[0, 0] == 0.0                            # the corner is seen by one patch only
+    assert math.isfinite(e.upp) and e.upp > 0
+
+
+def test_scores_definitions():
+    umap = np.zeros((6, 6), np.float32)
+    umap[1, 1], umap[2, 3] = 0.3, 0.4
+    labels = np.zeros((6, 6), np.uint8)
+    labels[2:4, 2:4] = 2
+    labels[0, 0] = 1
+    s = uncertainty_scores(umap, labels)
+    assert s.utot == pytest.approx(0.09 + 0.16)
+    assert s.upp == pytest.approx((0.09 + 0.16) / 4) and s.n_myocardium == 4 and s.valid
+    empty = uncertainty_scores(umap, np.zeros((6, 6), np.uint8))
+    assert empty.upp == math.inf and "empty_myocardium" in empty.flags and not empty.valid
+    with pytest.raises(InvalidParameterError):
+        uncertainty_scores(umap * np.nan, labels)
+
+
+def test_labels_from_probabilities_myocardium_threshold():
+    p = np.zeros((4, 2, 3), np.float32)
+    p[2] = [[0.5, 0.49, 0.1], [0.6, 0.2, 0.0]]
+    p[1] = [[0.5, 0.51, 0.2], [0.4, 0.1, 0.3]]
+    p[0] = 1 - p[1] - p[2]
+    lab = labels_from_probabilities(p)
+    assert lab.tolist() == [[2, 1, 0], [2, 0, 0]]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# selection
+# ---------------------------------------------------------------------------------------------------------------------
+def _planted_pool():
+    members = [("noisy_a", PixelNet(1.5)), ("noisy_b", PixelNet(0.6)), ("good", PixelNet(0.05)),
+               ("noisy_c", PixelNet(3.0)), ("blank", ConstantNet((3.0, 0.0, 0.0, 0.0)))]
+    return members
+
+
+def test_selection_picks_the_planted_best_and_fast_equals_exhaustive():
+    # half-size geometry (64 image, 32 patches: 289 windows at stride 2) keeps the exhaustive search quick
+    img1, ring = ring_image(size=64, channels=2, seed=4)
+    img2, _ = ring_image(size=64, channels=2, seed=5, noise=0.1)
+    members = _planted_pool()
+    exhaustive = select_members(members, [img1, img2], fast=False, established="noisy_b", patch=32)
+    fast = select_members(members, [img1, img2], fast=True, established="noisy_b", patch=32)
+    for ex, fa in zip(exhaustive, fast):
+        assert ex.chosen == "good" and fa.chosen == "good"
+        assert ex.established == "noisy_b"
+        upp = ex.upp
+        assert upp["good"] < upp["noisy_b"] < upp["noisy_a"] < upp["noisy_c"]
+        assert upp["blank"] == math.inf and "empty_myocardium" in ex.evaluations["blank"].flags
+        assert set(ex.upp_stride.values()) == {2}
+        assert fa.upp_stride["good"] == 2 and fa.upp["good"] == pytest.approx(ex.upp["good"], rel=1e-6)
+        assert fa.n_patch_forwards < ex.n_patch_forwards
+    seg = exhaustive[0].chosen_evaluation.labels == 2
+    dice = 2 * (seg & ring).sum() / (seg.sum() + ring.sum())
+    assert dice > 0.9
+
+
+def test_selection_rejects_bad_input():
+    with pytest.raises(InvalidParameterError):
+        select_members([], [ring_image()[0]])
+    with pytest.raises(InvalidParameterError):
+        select_members([("a", ConstantNet())], [np.zeros((2, 40, 40), np.float32)])
+    with pytest.raises(InvalidParameterError):
+        select_members([("a", ConstantNet())], [ring_image()[0]], established="nope")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# pools (registry members)
+# ---------------------------------------------------------------------------------------------------------------------
+def _tiny_unet(seed):
+    from PerfusionSegLib.networks import build_network
+
+    torch.manual_seed(seed)
+    return build_network("unet2d", config="tiny", in_channels=3)
+
+
+def test_pool_round_trip_with_sha256_check(tmp_path):
+    from PerfusionDAUGSLib.pool import INDEX_NAME, load_pool, save_pool
+    from PerfusionSegLib.networks.registry import ModelIntegrityError
+
+    members = [{"name": f"run{i}_ep{e:03d}", "network": _tiny_unet(10 * i + e), "run": f"run{i}", "epoch": e,
+                "val_dice": d} for i, (e, d) in enumerate([(3, 0.88), (5, 0.91), (7, 0.89)])]
+    folder = save_pool(members, tmp_path / "pool", name="test-pool", dice_threshold=0.87)
+    pool = load_pool(folder, device="cpu")
+    assert pool.names == [m["name"] for m in members] and pool.established == "run1_ep005"
+    assert pool.member("run2_ep007").epoch == 7 and pool.member("run0_ep003").val_dice == pytest.approx(0.88)
+    x = torch.rand(2, 3, 64, 64)
+    for m in members:
+        with torch.no_grad():
+            a = m["network"].eval()(x)
+            b = pool.member(m["name"]).network(x)
+        torch.testing.assert_close(a, b)
+    # a member replaced afterwards (card rewritten to match the new weights) is refused by the pool index
+    index = json.loads((folder / INDEX_NAME).read_text())
+    card_path = folder / index["members"][0]["card"]
+    card = json.loads(card_path.read_text())
+    card["weights_sha256"] = "0" * 64
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(ModelIntegrityError):
+        load_pool(folder, device="cpu")
+    # corrupt weights are refused by the registry's own check
+    card["weights_sha256"] = index["members"][0]["weights_sha256"]
+    card_path.write_text(json.dumps(card))
+    weights = folder / card["weights"]
+    weights.write_bytes(weights.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(ModelIntegrityError):
+        load_pool(folder, device="cpu")
+
+
+def test_build_pool_from_runs_applies_threshold_and_cap(tmp_path):
+    from PerfusionDAUGSLib.pool import build_pool_from_runs, load_pool
+    from PerfusionSegLib.networks.registry import save_model
+
+    dices = {"runA": [0.80, 0.88, 0.90], "runB": [0.86, 0.93, 0.87]}
+    for run, ds in dices.items():
+        for ep, d in enumerate(ds, start=1):
+            save_model(_tiny_unet(ep), {"metrics": {"val_dice": d}, "training": {"epoch": ep}},
+                       tmp_path / run, f"ckpt{ep}")
+    folder = build_pool_from_runs([tmp_path / "runA", tmp_path / "runB"], tmp_path / "pool", dice_threshold=0.87)
+    pool = load_pool(folder, device="cpu")
+    assert sorted(pool.names) == ["runA_ep002", "runA_ep003", "runB_ep002", "runB_ep003"]
+    assert pool.established == "runB_ep002"
+    capped = load_pool(build_pool_from_runs([tmp_path / "runA", tmp_path / "runB"], tmp_path / "pool2",
+                                            dice_threshold=0.87, max_members=2), device="cpu")
+    assert sorted(capped.names) == ["runA_ep003", "runB_ep002"]      # best of each run
+    with pytest.raises(InvalidParameterError):
+        build_pool_from_runs([tmp_path / "runA"], tmp_path / "pool3", dice_threshold=0.95)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# end to end on a series: outputs on the input grid
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape,spacing", [((101, 87), (1.7, 1.9)), ((96, 120), (2.3, 2.3))])
+def test_run_daugs_outputs_are_on_the_input_grid(shape, spacing):
+    pytest.importorskip("PerfusionSegLib.preprocess", reason="preprocess helper's prepare_for_network not landed")
+    from PerfusionDAUGSLib.daugs import run_daugs
+    from PerfusionSegLib.series import SliceSeries
+
+    rng = np.random.default_rng(6)
+    T = 40
+    yy, xx = np.indices(shape)
+    r = np.hypot((yy - shape[0] / 2) * spacing[0], (xx - shape[1] / 2) * spacing[1])
+    ring = (r > 18) & (r < 28)
+    curve = np.exp(-0.5 * ((np.arange(T) - 15) / 4.0) ** 2)
+    data = (100 + 300 * curve[:, None, None] * ring[None] + 5 * rng.standard_normal((T, *shape))).astype(np.float32)
+    series = SliceSeries(data=data, times=np.arange(T) * 0.8, spacing=spacing)
+    members = [("good", PixelNet(0.05)), ("noisy", PixelNet(2.0))]
+    res = run_daugs(series, members, keep_member_labels=True, device="cpu")
+    assert res.labels.shape == shape and res.labels.dtype == np.uint8
+    assert res.umap.shape == shape and res.umap.dtype == np.float32 and np.all(np.isfinite(res.umap))
+    assert res.umap.min() >= 0 and res.umap.max() <= 0.5
+    assert set(np.unique(res.labels)) <= {0, 1, 2, 3}
+    assert res.chosen == "good" and res.member_labels["noisy"].shape == shape
+    doc = json.loads(res.to_json())
+    assert doc["chosen"] == "good" and set(doc["u_pp"]) == {"good", "noisy"}
+    assert doc["u_pp_chosen"] == pytest.approx(res.upp["good"])
