@@ -259,7 +259,6 @@ def _is_dicom_file(path: Path) -> bool:
 def read_headers(paths: Iterable[Path]) -> list:
     """Header records of every image file among ``paths`` (non-DICOM files are ignored, broken DICOM files are not)."""
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     frames = []
     for path in paths:
@@ -267,7 +266,7 @@ def read_headers(paths: Iterable[Path]) -> list:
             continue
         try:
             ds = pydicom.dcmread(str(path), stop_before_pixels=True)
-        except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        except Exception as exc:  # pydicom raises many types (InvalidDicomError, EOFError, struct.error, ...) on damage
             raise UnreadableFileError(f"{path.name}: truncated or unreadable DICOM header ({type(exc).__name__})") from None
         if "Rows" not in ds or "Columns" not in ds:
             sop_class = getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None) or \

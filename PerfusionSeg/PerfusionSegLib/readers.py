@@ -73,8 +73,8 @@ def detect_format(path: PathLike) -> str:
     if low.endswith((".nrrd", ".nhdr")):
         raise UnreadableFileError(f"{_name(path)}: named .nrrd but has no NRRD magic (corrupt or another format)")
     if low.endswith(".mat"):
-        if head.startswith(b"\x89HDF") or head[512:516] == b"\x89HDF" or size > 512:
-            return "mat"   # MATLAB v7.3 files are HDF5 with a 512-byte user block
+        if head.startswith(b"\x89HDF"):
+            return "mat"   # HDF5 written without MATLAB's text header (MATLAB's own v7.3 files start "MATLAB")
         raise UnreadableFileError(f"{_name(path)}: named .mat but is not a MATLAB file")
     if low.endswith(".npz") or head.startswith(b"PK\x03\x04"):
         return "npz"
@@ -314,7 +314,7 @@ def _nifti_slices(path: Path, *, spacing=None, dt=None, time_axis=None, level=No
     z_t = zooms[t_ax]
     if time_unit in _TIME_UNIT_S and t_ax >= 2 and z_t > 0:
         dt_file = z_t * _TIME_UNIT_S[time_unit]
-    elif t_ax == 3 and 0.05 <= z_t <= 20.0:
+    elif t_ax == 3 and 0.05 <= z_t <= 20.0 and z_t != 1.0:   # 1.0 is also what an unset pixdim reads as
         dt_file = z_t
         note = (note + "; " if note else "") + f"frame interval {z_t:g} from pixdim[4] (no time unit in the header: s assumed)"
     elif t_ax == 2 and 0.05 <= z_t <= 20.0 and z_t != 1.0 and abs(z_t - sx) > 1e-6:
@@ -489,12 +489,15 @@ def _mat_variables(path: Path) -> dict:
     """Variables of a .mat file (v4-v7 via scipy, v7.3 via h5py), arrays in MATLAB order."""
     import scipy.io
 
-    try:
-        return {k: v for k, v in scipy.io.loadmat(str(path)).items() if not k.startswith("__")}
-    except NotImplementedError:   # v7.3 = HDF5
-        pass
-    except Exception as exc:
-        raise UnreadableFileError(f"{_name(path)}: not a readable MATLAB file ({type(exc).__name__})") from None
+    with open(path, "rb") as fh:
+        head = fh.read(520)
+    if not (head[:4] == b"\x89HDF" or head[512:516] == b"\x89HDF"):   # v7.3 = HDF5 after a 512-byte user block
+        try:
+            return {k: v for k, v in scipy.io.loadmat(str(path)).items() if not k.startswith("__")}
+        except NotImplementedError:   # scipy's answer to a v7.3 file it recognised
+            pass
+        except Exception as exc:
+            raise UnreadableFileError(f"{_name(path)}: not a readable MATLAB file ({type(exc).__name__})") from None
     try:
         import h5py
 
@@ -753,7 +756,9 @@ def load_study(paths: Union[PathLike, Sequence[PathLike]], *, spacing=None, dt=N
             raise InvalidParameterError("--time-axis does not apply to DICOM (frames are separate images)")
         slices = _dicom_series(path, fmt, allow_many=True, spacing=spacing, dt=dt, series=series, level=None,
                                condition=condition)
-        if len(slices) == 1 and level is not None:
+        if level is not None:
+            if len(slices) > 1:
+                raise InvalidParameterError(f"one --level cannot describe the {len(slices)} slices of {_name(path)}")
             slices[0].level = level
         meta = {}
         if len(slices) > 1:

@@ -160,6 +160,16 @@ def test_mat_layouts(tmp_path):
     assert (study.aif.foot, study.aif.peak, study.aif.hematocrit) == (2, 6, 0.45)
 
 
+def test_mat_v73_read_through_h5py(tmp_path):
+    import h5py
+
+    yxt = np.random.default_rng(0).random((20, 16, 12))
+    with h5py.File(tmp_path / "v73.mat", "w") as fh:   # HDF5 stores MATLAB arrays with the axes reversed
+        fh["img"] = yxt.T
+    r = readers.load_series(tmp_path / "v73.mat", spacing=1.0, dt=1.0)
+    np.testing.assert_allclose(r.data, np.moveaxis(yxt, 2, 0).astype(np.float32))
+
+
 def test_numpy_layouts(tmp_path):
     s = make_series()
     np.save(tmp_path / "tyx.npy", s.data)
@@ -261,12 +271,13 @@ def test_single_dicom_file_stands_for_its_series(tmp_path):
 
 # --- labels ---------------------------------------------------------------------------------------------------------------
 
-def test_labels_project_scheme_round_trip(tmp_path):
+@pytest.mark.parametrize("name", ["l.nii.gz", "l.nrrd"])
+def test_labels_project_scheme_round_trip(tmp_path, name):
     labels = np.zeros((20, 16), np.uint8)
     labels[5:10, 4:9], labels[12:15, 3:6] = 2, 3
     labels[6:9, 5:8] = 1
-    write_labels(labels, tmp_path / "l.nii.gz", spacing=(1.5, 1.25))
-    out, note = readers.load_labels(tmp_path / "l.nii.gz")
+    write_labels(labels, tmp_path / name, spacing=(1.5, 1.25))
+    out, note = readers.load_labels(tmp_path / name)
     np.testing.assert_array_equal(out, labels)
     assert "project" in note
 
@@ -377,3 +388,23 @@ def test_enhanced_multiframe_dicom(tmp_path, pd):
         assert "flip angle 5" in r.metadata["pd_reason"]
     else:
         assert r.pd_frames is None
+
+
+def test_study_from_a_list_keeps_the_given_order(tmp_path):
+    a = write_series(make_series(level=None), tmp_path / "a.nii.gz")
+    b = write_series(make_series(level=None, data=make_series().data * 2), tmp_path / "b.nrrd")
+    study = readers.load_study([b, a])
+    assert [s.source for s in study] == [str(b), str(a)]
+    assert [s.metadata["level_source"] for s in study] == ["order", "order"]
+    np.testing.assert_allclose(study.slices[0].data, 2 * study.slices[1].data, rtol=1e-6)
+
+
+def test_study_from_separate_dicom_series_when_named(tmp_path):
+    """Siemens often stores each slice as its own series: a study takes them when --series names them."""
+    synthetic_dicom.write_series(tmp_path / "f", series_number=3, description="slice1", seed=1)
+    synthetic_dicom.write_series(tmp_path / "f", series_number=4, description="slice2", seed=2,
+                                 origin=(-40.0, -130.0, 50.0))
+    with pytest.raises(AmbiguousInputError):
+        readers.load_study(tmp_path / "f")
+    study = readers.load_study(tmp_path / "f", series="0,1")
+    assert len(study) == 2 and {s.metadata["series_number"] for s in study} == {3, 4}
