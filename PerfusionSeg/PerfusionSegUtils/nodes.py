@@ -7,6 +7,7 @@ thread-safe. Nodes are always created new with names from ``GenerateUniqueName``
 """
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -15,6 +16,10 @@ import slicer
 import vtk
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+# what a Sequence made by this extension carries besides its frames (so a series survives the trip through MRML)
+PD_REFERENCE_ROLE = "CardiacPerfusionPD"          # volume of the proton-density frames (P slices)
+METADATA_ATTRIBUTE = "CardiacPerfusion.metadata"  # JSON of SliceSeries.metadata (sequence parameters, ...)
+UNITS_ATTRIBUTE = "CardiacPerfusion.units"        # SliceSeries.units
 
 # CONVENTIONS: label value, Slicer segment name, colour (RGB 0-1)
 SEGMENTS = (
@@ -130,8 +135,12 @@ def arraysFromNode(node, frameInterval: float = None) -> dict:
             times = np.arange(n) * float(frameInterval)
         browser = slicer.modules.sequences.logic().GetFirstBrowserNodeForSequenceNode(sequence)
         proxy = browser.GetProxyNode(sequence) if browser is not None else None
+        pdVolume = sequence.GetNodeReference(PD_REFERENCE_ROLE)
         return {"data": np.stack(frames), "times": times, "spacing": spacingYX(first),
-                "affine": lpsAffineFromVolume(first), "source": sequence.GetName(), "reference": proxy or first}
+                "affine": lpsAffineFromVolume(first), "source": sequence.GetName(), "reference": proxy or first,
+                "pd_frames": None if pdVolume is None else slicer.util.arrayFromVolume(pdVolume).astype(np.float32),
+                "metadata": json.loads(sequence.GetAttribute(METADATA_ATTRIBUTE) or "{}"),
+                "units": sequence.GetAttribute(UNITS_ATTRIBUTE) or "signal"}
     if not node.IsA("vtkMRMLScalarVolumeNode"):
         raise InvalidSeriesError(f"{node.GetName()} is not a sequence, a MultiVolume or a scalar volume")
     array = slicer.util.arrayFromVolume(node)
@@ -171,7 +180,9 @@ def seriesFromNode(node, *, level=None, condition=None, frameInterval=None):
 
     arrays = arraysFromNode(node, frameInterval)
     series = SliceSeries(data=arrays["data"], times=arrays["times"], spacing=arrays["spacing"],
-                         affine=arrays["affine"], level=level, condition=condition, source=arrays["source"])
+                         affine=arrays["affine"], level=level, condition=condition, source=arrays["source"],
+                         pd_frames=arrays.get("pd_frames"), metadata=arrays.get("metadata") or {},
+                         units=arrays.get("units", "signal"))
     return series, arrays["reference"]
 
 
@@ -371,8 +382,15 @@ def createSequenceFromSeries(series, name):
     sequence = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceNode", uniqueName(name))
     sequence.SetIndexName("time")
     sequence.SetIndexUnit("s")
+    sequence.SetAttribute(UNITS_ATTRIBUTE, series.units)
+    sequence.SetAttribute(METADATA_ATTRIBUTE, json.dumps(series.metadata, default=str))
     ijkToRas = rasMatrixFromLps(series.affine if series.affine is not None else np.diag(
         [series.spacing[1], series.spacing[0], 1.0, 1.0]))
+    if series.pd_frames is not None:  # kept beside the frames: [Gd] conversion normalises by them
+        pdVolume = slicer.util.addVolumeFromArray(np.ascontiguousarray(series.pd_frames),
+                                                  name=uniqueName(name + " PD"))
+        pdVolume.SetIJKToRASMatrix(ijkToRas)
+        sequence.SetNodeReferenceID(PD_REFERENCE_ROLE, pdVolume.GetID())
     frame = slicer.vtkMRMLScalarVolumeNode()  # not in the scene: the sequence stores its own copy of each frame
     for t, image in zip(series.times, series.data):
         slicer.util.updateVolumeFromArray(frame, np.ascontiguousarray(image[None]))

@@ -82,3 +82,37 @@ def test_segmentation_only_and_clear_errors(phantom_pair, tmp_path):
     # no override and no model anywhere: one clear message, not a traceback from deep inside
     with pytest.raises(UnreadableFileError, match="no trained segmentation model"):
         analyse_studies(None, {"stress": studies["stress"]}, AnalysisOptions(models_dirs=(str(tmp_path),)))
+
+
+def test_daugs_panel_helpers_on_a_tiny_untrained_pool(tmp_path):
+    """The PerfusionDAUGS panel's job and what it shows (ranking, QC, any member's labels), on a 2-member pool of
+    tiny untrained networks: checks the plumbing, not the segmentation quality."""
+    pytest.importorskip("PerfusionSegLib.preprocess", reason="PerfusionSegLib.preprocess (DAUGS input) not in the tree")
+    torch = pytest.importorskip("torch")
+    from PerfusionDAUGSLib.pool import save_pool
+    from PerfusionSegLib.networks.unet import build_unet
+    from PerfusionSegLib.phantom import generate_study
+    from PerfusionSegUtils.analysis import (daugs_member_labels, daugs_member_ranking, daugs_qc_flags,
+                                            default_pool_available, run_daugs_series)
+
+    torch.manual_seed(0)
+    members = [{"name": f"m{i}", "network": build_unet(features=(4, 8, 16, 32)), "val_dice": 0.5 + 0.1 * i}
+               for i in range(2)]
+    folder = save_pool(members, tmp_path / "pool", name="tiny")
+    options = AnalysisOptions(method="daugs", pool=str(folder), umap_stride=16, seg_stride=16, compute_mbf=False,
+                              device="cpu")
+    assert default_pool_available(options)
+    assert not default_pool_available(AnalysisOptions(method="daugs", pool=str(tmp_path / "nothing")))
+    series = generate_study(seed=0, condition="stress", n_slices=1, n_frames=30).study.slices[0]
+    progress = []
+    result = run_daugs_series(SyncContext(lambda f, text: progress.append(f)), series, options)
+    assert result.labels.shape == series.shape and result.umap.shape == series.shape
+    ranking = daugs_member_ranking(result)
+    assert [r["member"] for r in ranking][0] == result.chosen and {r["member"] for r in ranking} == {"m0", "m1"}
+    assert ranking[0]["chosen"] and not ranking[1]["chosen"]
+    assert isinstance(daugs_qc_flags(result), list)
+    other = ranking[1]["member"]
+    assert daugs_member_labels(result, other).shape == series.shape
+    with pytest.raises(InvalidParameterError):
+        daugs_member_labels(result, "not-a-member")
+    assert progress[0] == 0.0 and progress[-1] == 1.0

@@ -67,6 +67,7 @@ VARIABLE_CLASSES = {
     "tableNode": "vtkMRMLTableNode", "colorNode": "vtkMRMLColorTableNode", "labelmap": "vtkMRMLLabelMapVolumeNode",
     "volume": "vtkMRMLScalarVolumeNode", "referenceVolumeNode": "vtkMRMLVolumeNode", "volumeNode": "vtkMRMLVolumeNode",
     "frame": "vtkMRMLScalarVolumeNode", "first": "vtkMRMLScalarVolumeNode", "proxy": "vtkMRMLNode",
+    "pdVolume": "vtkMRMLScalarVolumeNode",
     "editorNode": "vtkMRMLSegmentEditorNode", "shNode": "vtkMRMLSubjectHierarchyNode",
     "selectionNode": "vtkMRMLSelectionNode", "display": "vtkMRMLScalarVolumeDisplayNode",
     "displayNode": "vtkMRMLDisplayNode", "node": "vtkMRMLNode", "userNode": "vtkMRMLTableNode",
