@@ -337,15 +337,19 @@ def loadImageAsVolume(pngPath, name):
     return node
 
 
-def showResultLayout(backgroundNode, foregroundNode=None, labelNode=None, tableNode=None, foregroundOpacity=0.6):
-    """Four-up view with a table: the series in the background, a map in the foreground, the sectors as labels."""
+def showResultLayout(backgroundNode=None, foregroundNode=None, labelNode=None, tableNode=None, foregroundOpacity=0.6):
+    """Add a table view to the layout and show the results: the series in the background, a map in the foreground,
+    the sectors as the label layer. Layers not given are left as they are."""
     layoutManager = slicer.app.layoutManager()
     if layoutManager is None:  # no GUI (batch testing)
         return
     # the current layout with a table view added (as the Segment Statistics module does)
     layoutManager.setLayout(slicer.modules.tables.logic().GetLayoutWithTable(layoutManager.layout))
-    slicer.util.setSliceViewerLayers(background=backgroundNode, foreground=foregroundNode, label=labelNode,
-                                     foregroundOpacity=foregroundOpacity, fit=True)
+    layers = {name: node for name, node in (("background", backgroundNode), ("foreground", foregroundNode),
+                                            ("label", labelNode)) if node is not None}
+    if layers:  # setSliceViewerLayers clears a layer given None, keeps it given "keep-current" (the default)
+        slicer.util.setSliceViewerLayers(**layers, foregroundOpacity=foregroundOpacity if foregroundNode else None,
+                                         fit=True)
     if tableNode is not None:
         selectionNode = slicer.app.applicationLogic().GetSelectionNode()
         selectionNode.SetActiveTableID(tableNode.GetID())
