@@ -387,3 +387,16 @@ def test_every_slicer_name_the_glue_calls_exists():
                 elif not _has_member(owner, member):
                     problems.append(f"{where} {owner}.{member}")
     assert not problems, "names the Slicer API does not define:\n" + "\n".join(problems)
+
+
+def test_update_cmake_lists_script_agrees(capsys):
+    """The generator's --check mode sees the same lists as the test above (run it after adding Lib files)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("update_cmake_lists", REPO / "scripts/update_cmake_lists.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    for module in MODULES:
+        listed = _cmake_listed(script.block(module) + "\n)")
+        assert f"{module}.py" in listed and len(listed) == len(script.python_files(module))
+    assert script.main(["--check"]) == 0, capsys.readouterr().out
