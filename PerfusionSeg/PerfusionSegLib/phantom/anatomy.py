@@ -21,13 +21,14 @@ import numpy as np
 TISSUES = (
     "air", "lv_blood", "lv_myo", "rv_blood", "rv_wall", "papillary", "epi_fat", "pericardium", "lung",
     "lung_artery", "lung_vein", "liver", "muscle", "subcut_fat", "spine", "aorta", "stomach", "spleen", "aortic_root",
+    "lv_blood_mix", "rv_blood_mix", "bowel",
 )
 T = {name: i for i, name in enumerate(TISSUES)}
 # project label of every tissue (CONVENTIONS: 1 LV blood pool incl. papillary muscles, 2 LV myocardium, 3 RV blood)
 TISSUE_LABEL = np.zeros(len(TISSUES), dtype=np.uint8)
-TISSUE_LABEL[[T["lv_blood"], T["papillary"]]] = 1
+TISSUE_LABEL[[T["lv_blood"], T["papillary"], T["lv_blood_mix"]]] = 1
 TISSUE_LABEL[T["lv_myo"]] = 2
-TISSUE_LABEL[T["rv_blood"]] = 3
+TISSUE_LABEL[[T["rv_blood"], T["rv_blood_mix"]]] = 3
 
 
 def _u(rng, lo, hi):
@@ -62,6 +63,9 @@ def sample_anatomy(rng: np.random.Generator, level: str, *, rotation_sd_deg: flo
         "pericardium_mm": _u(rng, 0.8, 2.0),
         "anterior_fat_mm": _u(rng, 0.0, 15.0),
         "lvot": None,
+        # inflow mixing: part of each cavity gets the bolus a little later (swirls seen on the upslope)
+        "mixing": [[_u(rng, 8, 30), _u(rng, 0, 360), _u(rng, 0, 360)] for _ in range(3)],
+        "mixing_threshold": _u(rng, 0.3, 1.5),
     }
     if rng.random() < 0.15:  # regional thinning (old infarct): a Gaussian dip in wall thickness
         heart["thinning"] = {"angle_deg": _u(rng, 0, 360), "width_deg": _u(rng, 25, 70), "min_mm": _u(rng, 4.0, 6.0)}
@@ -81,8 +85,11 @@ def sample_anatomy(rng: np.random.Generator, level: str, *, rotation_sd_deg: flo
         "semi_axes_mm": [_u(rng, 140, 185), _u(rng, 95, 130)],
         "subcut_fat_mm": _u(rng, 4, 25),
         "muscle_mm": _u(rng, 8, 18),
-        "liver": {"centre_mm": [float(rng.normal(-65, 20)), float(rng.normal(95, 12)) - (15 if level == "apical" else 0)],
-                  "semi_axes_mm": [_u(rng, 80, 120), _u(rng, 40, 70)], "angle_deg": _u(rng, -30, 10)},
+        "anterior_muscle_mm": _u(rng, 4, 22),
+        "liver": {"centre_mm": [float(rng.normal(-60, 20)), float(rng.normal(82, 12)) - (12 if level == "apical" else 0)],
+                  "semi_axes_mm": [_u(rng, 90, 135), _u(rng, 50, 78)], "angle_deg": _u(rng, -30, 10)},
+        "bowel": [[float(rng.normal(60, 35)), float(rng.normal(100, 15)), _u(rng, 8, 22), _u(rng, 6, 16), _u(rng, 0, 180)]
+                  for _ in range(int(rng.integers(0, 7)))],
         "stomach": {"centre_mm": [float(rng.normal(75, 15)), float(rng.normal(90, 12))],
                     "semi_axes_mm": [_u(rng, 25, 45), _u(rng, 18, 30)], "wall_mm": _u(rng, 3, 6)} if rng.random() < 0.8 else None,
         "spleen": {"centre_mm": [float(rng.normal(125, 12)), float(rng.normal(60, 12))],
@@ -91,8 +98,8 @@ def sample_anatomy(rng: np.random.Generator, level: str, *, rotation_sd_deg: flo
         "spine_radius_mm": _u(rng, 13, 18),
         "aorta_offset_mm": [float(rng.normal(-24, 5)), float(rng.normal(-20, 5))],
         "aorta_radius_mm": _u(rng, 9, 13),
-        "lung_vessels": [[_u(rng, -160, 170), _u(rng, -120, 110), _u(rng, 0.8, 3.0), int(rng.integers(0, 2))]
-                         for _ in range(int(rng.integers(25, 70)))],
+        "lung_vessels": [[_u(rng, -170, 180), _u(rng, -120, 110), float(np.exp(rng.uniform(np.log(0.6), np.log(3.5)))),
+                          int(rng.integers(0, 2))] for _ in range(int(rng.integers(60, 170)))],
     }
     warp = [[_u(rng, 0.5, 3.5), _u(rng, 70, 220), _u(rng, 0, 360), _u(rng, 0, 360), int(rng.integers(0, 2))] for _ in range(4)]
     pose = {"rotation_deg": float(rng.normal(0, rotation_sd_deg)), "mirror": bool(allow_mirror and rng.random() < 0.5)}
@@ -222,10 +229,13 @@ def paint(anat: dict, x: np.ndarray, y: np.ndarray) -> tuple:
     f = body["subcut_fat_mm"]
     idx[_ellipse(x, y, bx, by, ba - f, bb - f)] = T["muscle"]
     m = f + body["muscle_mm"]
-    cavity = _ellipse(x, y, bx, by, ba - m, bb - m)
+    am = body.get("anterior_muscle_mm", 0.0)   # pectoral muscles and breast tissue: a thicker anterior wall
+    cavity = _ellipse(x, y, bx, by + am / 2, ba - m, bb - m - am / 2)
     idx[cavity] = T["lung"]
     liv = body["liver"]
     idx[cavity & _ellipse(x, y, *liv["centre_mm"], *liv["semi_axes_mm"], liv["angle_deg"])] = T["liver"]
+    for (gx, gy, ga, gb, gang) in body.get("bowel", []):
+        idx[cavity & _ellipse(x, y, gx, gy, ga, gb, gang) & (idx != T["liver"])] = T["bowel"]
     if body["spleen"]:
         sp = body["spleen"]
         idx[cavity & _ellipse(x, y, *sp["centre_mm"], *sp["semi_axes_mm"])] = T["spleen"]
@@ -240,11 +250,19 @@ def paint(anat: dict, x: np.ndarray, y: np.ndarray) -> tuple:
     idx[(x - spx) ** 2 + (y - spy) ** 2 <= rs ** 2] = T["spine"]
     ax, ay = spx + body["aorta_offset_mm"][0], spy + body["aorta_offset_mm"][1]
     idx[(x - ax) ** 2 + (y - ay) ** 2 <= body["aorta_radius_mm"] ** 2] = T["aorta"]
-    lung = idx == T["lung"]
-    for vx, vy, vr, venous in body["lung_vessels"]:
-        box = lung & (np.abs(x - vx) <= vr) & (np.abs(y - vy) <= vr)
-        if box.any():
-            idx[box & ((x - vx) ** 2 + (y - vy) ** 2 <= vr ** 2)] = T["lung_vein"] if venous else T["lung_artery"]
+    lung = np.nonzero((idx == T["lung"]).ravel())[0]
+    if lung.size and body["lung_vessels"]:
+        v = np.asarray(body["lung_vessels"], dtype=np.float32)
+        lx, ly = x.ravel()[lung], y.ravel()[lung]
+        hit = np.full(lung.size, -1, dtype=np.int32)
+        for j in range(0, len(v), 16):   # vessels in chunks: (pixels x 16) distance tables
+            c = v[j:j + 16]
+            inside = (lx[:, None] - c[None, :, 0]) ** 2 + (ly[:, None] - c[None, :, 1]) ** 2 <= c[None, :, 2] ** 2
+            any_in = inside.any(axis=1)
+            hit[any_in] = j + np.argmax(inside[any_in], axis=1)
+        sel = hit >= 0
+        flat = idx.reshape(-1)
+        flat[lung[sel]] = np.where(v[hit[sel], 3] > 0, T["lung_vein"], T["lung_artery"])
 
     # heart, polar around the LV centre; only a disc around it needs the polar maths
     r_all = np.hypot(x, y)
@@ -270,6 +288,13 @@ def paint(anat: dict, x: np.ndarray, y: np.ndarray) -> tuple:
     myo = (r < r_epi) & (r >= r_endo)
     sub[myo] = T["lv_myo"]
     sub[r < r_endo] = T["lv_blood"]
+    mix = np.zeros(r.shape, dtype=np.float32)
+    for wl, direction, phase in heart.get("mixing", []):
+        d = np.radians(direction)
+        mix += np.sin((2 * np.pi / wl) * (np.cos(d) * xs + np.sin(d) * ys) + np.radians(phase))
+    late = mix > heart.get("mixing_threshold", 9.0)
+    sub[late & (sub == T["lv_blood"])] = T["lv_blood_mix"]
+    sub[late & (sub == T["rv_blood"])] = T["rv_blood_mix"]
     dep = np.full(r.shape, -1.0, dtype=np.float32)
     dep[myo] = ((r - r_endo) / np.maximum(r_epi - r_endo, 1e-3))[myo]
     # papillary muscles and trabeculae: myocardial tissue inside the cavity, labelled blood pool
@@ -313,16 +338,16 @@ def render(anat: dict, grid: Grid, *, supersample: int = 2) -> AnatomyMaps:
     xb, yb = _to_body(x, y, anat, grid)
     idx, depth = paint(anat, xb, yb)
     k = len(TISSUES)
-    fractions = np.empty((k, grid.ny, grid.nx), dtype=np.float32)
-    present = np.zeros(k, dtype=bool)
-    present[np.unique(idx)] = True
-    for i in range(k):
-        fractions[i] = _block_mean(idx == i, ss) if present[i] else 0.0
+    ny, nx = grid.ny, grid.nx
+    # one pass over the fine grid: tissue counts per output pixel by bincount of (pixel, tissue) pairs
+    block = (np.arange(ny * ss) // ss)[:, None] * nx + (np.arange(nx * ss) // ss)[None, :]
+    counts = np.bincount((block * k + idx).ravel(), minlength=ny * nx * k).reshape(ny, nx, k)
+    fractions = np.ascontiguousarray(np.moveaxis(counts, -1, 0), dtype=np.float32) / float(ss * ss)
     lab_fine = TISSUE_LABEL[idx]
-    label_fr = np.stack([_block_mean(lab_fine == c, ss) for c in range(4)])
+    label_fr = np.stack([fractions[TISSUE_LABEL == c].sum(axis=0) for c in range(4)])
     labels = np.argmax(label_fr, axis=0).astype(np.uint8)
     myo_f = lab_fine == 2
-    cnt = _block_mean(myo_f, ss)
+    cnt = fractions[T["lv_myo"]]
     dsum = _block_mean(np.where(myo_f, depth, 0.0), ss)
     myo_depth = np.where(cnt > 0, dsum / np.maximum(cnt, 1e-6), np.nan).astype(np.float32)
     heart = anat["heart"]

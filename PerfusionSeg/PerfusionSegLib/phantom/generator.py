@@ -141,6 +141,10 @@ def _check_sequence(acq: dict) -> None:
             f"({n_c} lines x {acq['tr_ms']} ms); raise ts_ms or use centric ordering")
 
 
+def _range(v):
+    return (v, v) if isinstance(v, (int, float)) else v
+
+
 # --- random streams ---------------------------------------------------------------------------------------------------
 def _rng(seed: int, stream: int, condition: Optional[str] = None) -> np.random.Generator:
     key = [int(seed), stream] + ([CONDITIONS.index(condition)] if condition else [])
@@ -199,7 +203,7 @@ def _block(a: np.ndarray, f: int) -> np.ndarray:
 
 def _slice_images(anat: dict, grid: A.Grid, acq: dict, circ: dict, mbf: dict, t_fine: np.ndarray, blood: dict,
                   times: np.ndarray, rng_noise: np.random.Generator, motion: dict, coils: dict, jitter: Optional[dict],
-                  *, supersample: int, want_pd: bool, units: str, noise: bool = True) -> dict:
+                  *, supersample: int, want_pd: bool, units: str, noise: bool = True, truth: bool = True) -> dict:
     """Render one slice: data (T, Y, X) float32 in ``units``, PD frames, truth pieces."""
     level = anat["heart"]["level"]
     maps = A.render(anat, grid, supersample=supersample)
@@ -250,8 +254,17 @@ def _slice_images(anat: dict, grid: A.Grid, acq: dict, circ: dict, mbf: dict, t_
     ya, xa = frac_acq.shape[1:]
     flat = frac_acq.reshape(len(keys), -1)
     spacing_acq = grid.spacing * interp
+    if units == "signal" and acq.get("texture", 0) > 0:
+        # tissue inhomogeneity and lung speckle modulate the proton density of non-blood compartments
+        coarse, fine = S.texture_fields(rng_noise, (ya, xa), spacing_acq, float(acq["texture"]))
+        classes = [S.TISSUE_CLASS[n] for n in names] + ["myo"] * len(values)
+        w_coarse = np.array([S.TEXTURE.get(c, 1.0) > 0 for c in classes], dtype=np.float32)
+        w_fine = np.array([c == "lung" for c in classes], dtype=np.float32)
+        flat = flat * np.clip(1.0 + w_coarse[:, None] * coarse.ravel()[None] + w_fine[:, None] * fine.ravel()[None], 0.05, None)
 
-    gd_truth = (c_t.astype(np.float32) @ frac_out.reshape(len(keys), -1)).reshape(len(times), ny, nx)
+    gd_truth = None
+    if truth or units != "signal":
+        gd_truth = (c_t.astype(np.float32) @ frac_out.reshape(len(keys), -1)).reshape(len(times), ny, nx)
     bias, g = S.coil_bias((ya, xa), spacing_acq, coils)
     blur = {"sigma_px": acq["blur_px"], "phase_resolution": acq["phase_resolution"]}
     # noise level from the LV blood SNR at peak (image centre, bias 1)
@@ -288,6 +301,8 @@ def _slice_images(anat: dict, grid: A.Grid, acq: dict, circ: dict, mbf: dict, t_
         still = {"dy_mm": [0.0] * n_pd, "dx_mm": [0.0] * n_pd, "through_plane_frames": [], "through_plane_scale": []}
         pd_frames = acquire(clean_pd, still)
 
+    if not truth:
+        return {"data": data, "labels": labels}
     # truth curves at the frame times
     tc = {n: np.interp(times, t_fine, curves[n]).astype(np.float32) for n in names
           if maps.fractions[A.T[n]].any() and n != "air"}
@@ -338,6 +353,7 @@ def generate_study(preset: str = P.DEFAULT_PRESET, seed: int = 0, condition: str
             timing[k] = ov.pop(k)
     timing["n_frames"] = int(timing["n_frames"])
     circ = K.sample_circulation(rng_phys, condition)
+    circ["lv_peak_mmol"] = float(rng_phys.uniform(*_range(acq["lv_peak_mmol"])))
     for k in list(ov):
         if k in circ:
             circ[k] = float(ov.pop(k))
@@ -484,19 +500,22 @@ def generate_training_slice(rng: np.random.Generator, preset: str = "randomised"
     level = level or str(rng.choice(LEVELS, p=[0.33, 0.4, 0.27]))
     anat = A.sample_anatomy(rng, level, rotation_sd_deg=float(acq["rotation_sd_deg"]), allow_mirror=bool(acq["mirror"]))
     circ = K.sample_circulation(rng, condition)
+    # clinical single-bolus doses put 8-15 mmol/L in the LV of the images: training covers them whatever the preset
+    circ["lv_peak_mmol"] = float(rng.uniform(2.0, 15.0))
     mbf = K.sample_mbf(rng, condition)
     timing = _sample_timing(rng, condition)
     jitter = sample_contrast_jitter(rng, float(acq["contrast_jitter"]))
     acq["lv_peak_mmol_for_noise"] = circ["lv_peak_mmol"]
 
-    t_fine, blood = K.circulation_curves(circ, 150.0)
-    t_peak = float(t_fine[np.argmax(blood["lv_blood"])])
-    if peak_frame is None:
-        peak_frame = int(rng.integers(int(round(0.1 * n_frames)), int(round(0.8 * n_frames)) + 1))
     if frame_interval_s is None:
         t_rel, _ = S.frame_times(rng, n_frames, timing["heart_rate_bpm"], timing["rr_jitter"], timing["missed_trigger_prob"])
     else:
         t_rel = np.arange(n_frames) * float(frame_interval_s)
+    # the LV peaks well within 25 s of RV arrival, so this grid holds the whole window
+    t_fine, blood = K.circulation_curves(circ, circ["rv_arrival_s"] + 25.0 + float(t_rel[-1]))
+    t_peak = float(t_fine[np.argmax(blood["lv_blood"])])
+    if peak_frame is None:
+        peak_frame = int(rng.integers(int(round(0.1 * n_frames)), int(round(0.8 * n_frames)) + 1))
     times = t_rel - t_rel[peak_frame] + t_peak + float(rng.uniform(-0.5, 0.5))
     if times[-1] > t_fine[-1]:
         times = times - (times[-1] - t_fine[-1])
@@ -509,7 +528,7 @@ def generate_training_slice(rng: np.random.Generator, preset: str = "randomised"
     coils["coils"] = [[c[0] - shift[1], c[1] - shift[0], c[2], c[3]] for c in coils["coils"]]
     motion = S.sample_motion(rng, n_frames, times - times[0], 0.5 * float(acq["motion_mm"]))
     r = _slice_images(anat, grid, acq, circ, mbf, t_fine, blood, times, rng, motion, coils, jitter,
-                      supersample=2, want_pd=False, units="signal")
+                      supersample=2, want_pd=False, units="signal", truth=False)
     img = r["data"]
     top = float(np.percentile(img, rng.uniform(99.5, 100.0)))
     img = np.clip(img / max(top, 1e-6), 0.0, 1.0).astype(np.float32)

@@ -16,6 +16,7 @@ Sources for ranges: pulmonary transit time 4-9 s (Cao et al., JCMR 2014; shorter
 from __future__ import annotations
 
 import numpy as np
+from scipy.signal import fftconvolve
 
 DT_FINE = 0.1           # s
 TISSUE_DENSITY = 1.05   # g/ml
@@ -37,7 +38,8 @@ def transit_kernel(t: np.ndarray, mean: float, shape: float, delay: float = 0.0)
 
 
 def _conv(a: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    return np.convolve(a, kernel)[: a.size]
+    """Causal convolution truncated to the input length (FFT based: the fine grids hold 1000-2000 samples)."""
+    return fftconvolve(a, kernel)[: a.size]
 
 
 def sample_circulation(rng: np.random.Generator, condition: str) -> dict:
@@ -45,17 +47,17 @@ def sample_circulation(rng: np.random.Generator, condition: str) -> dict:
     stress = condition == "stress"
     return {
         "rv_arrival_s": float(rng.uniform(3.0, 12.0)),
-        "bolus_tp_s": float(rng.uniform(1.5, 3.5)),
+        "bolus_tp_s": float(rng.uniform(2.0, 5.0)),
         "bolus_alpha": float(rng.uniform(1.8, 4.0)),
         "pulmonary_transit_s": float(rng.uniform(3.5, 6.0) if stress else rng.uniform(5.0, 8.5)),
-        "pulmonary_shape": float(rng.uniform(3.0, 7.0)),
+        "pulmonary_shape": float(rng.uniform(2.5, 6.0)),
         "systemic_transit_s": float(rng.uniform(10.0, 16.0) if stress else rng.uniform(13.0, 20.0)),
         "systemic_shape": float(rng.uniform(3.0, 6.0)),
         "recirculation_fraction": float(rng.uniform(0.35, 0.6)),
         "lv_peak_mmol": float(rng.uniform(2.0, 8.0)),
         "aorta_delay_s": float(rng.uniform(0.2, 0.6)),
         "myo_delay_s": float(rng.uniform(0.0, 1.0)),
-        "fermi_tau0_s": float(rng.uniform(1.5, 4.0)),
+        "fermi_tau0_s": float(rng.uniform(2.5, 6.0)),
         "fermi_k_s": float(rng.uniform(0.3, 1.2)),
         "extraction": float(rng.uniform(0.3, 0.55) if stress else rng.uniform(0.45, 0.65)),
         "ve": float(rng.uniform(0.2, 0.3)),
@@ -64,6 +66,8 @@ def sample_circulation(rng: np.random.Generator, condition: str) -> dict:
         "liver_transit_s": float(rng.uniform(12.0, 25.0)),
         "spleen_peak_mmol": float(rng.uniform(0.8, 2.0)),
         "stomach_peak_mmol": float(rng.uniform(0.05, 0.3)),
+        "bowel_peak_mmol": float(rng.uniform(0.1, 0.6)),
+        "mixing_delay_s": float(rng.uniform(0.0, 1.5)),
     }
 
 
@@ -100,8 +104,9 @@ def circulation_curves(p: dict, t_end: float) -> tuple:
     aorta = _conv(shift(lv, p["aorta_delay_s"]), transit_kernel(t, 0.4, 3.0))
     pulm_art = shift(rv, 0.4)
     pulm_vein = shift(lv, -0.8)
+    mix = p.get("mixing_delay_s", 0.0)
     return t, {"rv_blood": rv, "lv_blood": lv, "aorta": aorta, "aortic_root": lv, "lung_artery": pulm_art,
-               "lung_vein": pulm_vein}
+               "lung_vein": pulm_vein, "lv_blood_mix": shift(lv, mix), "rv_blood_mix": shift(rv, mix)}
 
 
 def fermi_response(t: np.ndarray, tau0: float, k: float, extraction: float, kep: float) -> np.ndarray:
@@ -133,6 +138,8 @@ def tissue_curves(t: np.ndarray, blood: dict, p: dict, mbf_values: dict) -> dict
     out["spleen"] = spleen / max(spleen.max(), 1e-9) * p["spleen_peak_mmol"]
     stomach = _conv(blood["aorta"], transit_kernel(t, 25.0, 2.0))
     out["stomach"] = stomach / max(stomach.max(), 1e-9) * p["stomach_peak_mmol"]
+    bowel = _conv(blood["aorta"], transit_kernel(t, 10.0, 2.0))
+    out["bowel"] = bowel / max(bowel.max(), 1e-9) * p.get("bowel_peak_mmol", 0.3)
     for key, mbf in mbf_values.items():
         out[key] = myocardial_curve(t, lv, mbf, p)
     return out

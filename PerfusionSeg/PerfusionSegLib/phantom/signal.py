@@ -26,18 +26,23 @@ from scipy import ndimage
 RELAXATION = {
     1.5: {"blood": (1550, 250, 0.95), "myo": (1000, 50, 0.80), "fat": (290, 80, 0.95), "liver": (580, 46, 0.70),
           "spleen": (1060, 79, 0.80), "muscle": (1010, 44, 0.75), "lung": (1200, 30, 0.15), "marrow": (550, 50, 0.85),
-          "pericardium": (900, 15, 0.35), "fluid": (3000, 1500, 1.0), "air": (1000, 10, 0.0)},
+          "pericardium": (900, 15, 0.35), "fluid": (3000, 1500, 1.0), "air": (1000, 10, 0.0), "bowel": (900, 60, 0.75),
+          "lung_vessel": (1550, 250, 0.35)},
     3.0: {"blood": (1930, 200, 0.95), "myo": (1250, 45, 0.80), "fat": (380, 70, 0.95), "liver": (810, 42, 0.70),
           "spleen": (1330, 61, 0.80), "muscle": (1410, 50, 0.75), "lung": (1300, 25, 0.15), "marrow": (600, 50, 0.85),
-          "pericardium": (1100, 13, 0.35), "fluid": (3500, 1200, 1.0), "air": (1000, 10, 0.0)},
+          "pericardium": (1100, 13, 0.35), "fluid": (3500, 1200, 1.0), "air": (1000, 10, 0.0), "bowel": (1200, 55, 0.75),
+          "lung_vessel": (1930, 200, 0.35)},
 }
 # which relaxation class each anatomy tissue uses
 TISSUE_CLASS = {
     "air": "air", "lv_blood": "blood", "lv_myo": "myo", "rv_blood": "blood", "rv_wall": "myo", "papillary": "myo",
-    "epi_fat": "fat", "pericardium": "pericardium", "lung": "lung", "lung_artery": "blood", "lung_vein": "blood",
+    "epi_fat": "fat", "pericardium": "pericardium", "lung": "lung", "lung_artery": "lung_vessel", "lung_vein": "lung_vessel",
     "liver": "liver", "muscle": "muscle", "subcut_fat": "fat", "spine": "marrow", "aorta": "blood", "stomach": "fluid",
-    "spleen": "spleen", "aortic_root": "blood",
+    "spleen": "spleen", "aortic_root": "blood", "lv_blood_mix": "blood", "rv_blood_mix": "blood", "bowel": "bowel",
 }
+# lung vessels: small and oblique, so they fill only part of the 8-10 mm slice (through-plane partial volume: PD 0.35)
+# texture amplitude per relaxation class (tissue inhomogeneity; none for blood, strong speckle for lung)
+TEXTURE = {"blood": 0.0, "air": 0.0, "lung": 1.0, "lung_vessel": 0.0}
 
 
 def sr_signal(gd: np.ndarray, t10_ms, t2_ms, pd, seq: dict) -> np.ndarray:
@@ -62,6 +67,15 @@ def sr_signal(gd: np.ndarray, t10_ms, t2_ms, pd, seq: dict) -> np.ndarray:
         s = sss + (mz0 * np.sin(a / 2) - sss) * lam ** n_c
     te = seq.get("te_ms", 1.0) * 1e-3
     return np.asarray(pd) * s * np.exp(-te * seq.get("r2star", 0.0) * gd)
+
+
+def texture_fields(rng: np.random.Generator, shape: tuple, spacing: float, strength: float) -> tuple:
+    """Smooth tissue inhomogeneity (sd ``strength``, ~5 mm grain) and fine lung speckle (sd 0.5, ~1 pixel grain)."""
+    coarse = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), 5.0 / spacing, mode="wrap")
+    coarse *= strength / max(float(coarse.std()), 1e-6)
+    fine = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), 0.7, mode="wrap")
+    fine *= 0.5 / max(float(fine.std()), 1e-6)
+    return coarse, fine
 
 
 # --- timing --------------------------------------------------------------------------------------------------------
@@ -117,7 +131,7 @@ def sample_motion(rng: np.random.Generator, n_frames: int, times: np.ndarray, am
     breathing = amplitude_mm * ramp * np.sin(2 * np.pi * times / period + ph[0])
     dy = breathing * direc[0] + 0.25 * amplitude_mm * rng.standard_normal(n_frames) * 0.3
     dx = breathing * direc[1] + 0.25 * amplitude_mm * rng.standard_normal(n_frames) * 0.3
-    n_tp = int(rng.integers(0, 4))
+    n_tp = int(rng.integers(0, 4)) if amplitude_mm > 0 else 0
     tp_frames = sorted(int(i) for i in rng.choice(n_frames, size=n_tp, replace=False)) if n_tp else []
     return {"dy_mm": dy.tolist(), "dx_mm": dx.tolist(), "through_plane_frames": tp_frames,
             "through_plane_scale": [float(rng.uniform(0.93, 1.07)) for _ in tp_frames]}
@@ -134,7 +148,10 @@ def apply_motion_and_resolution(img: np.ndarray, motion: dict, spacing: float, b
     h = h * (np.abs(ky) <= 0.5 * blur["phase_resolution"])
     dy = np.asarray(motion["dy_mm"], dtype=np.float32)[:, None, None] / spacing
     dx = np.asarray(motion["dx_mm"], dtype=np.float32)[:, None, None] / spacing
-    k *= (h[None] * np.exp(-2j * np.pi * (ky[None] * dy + kx[None] * dx))).astype(np.complex64)
+    k *= h[None].astype(np.float32)
+    if np.any(dy) or np.any(dx):   # a shift is a separable phase ramp: two small complex factors per frame
+        k *= np.exp((-2j * np.pi) * (ky[None] * dy)).astype(np.complex64)
+        k *= np.exp((-2j * np.pi) * (kx[None] * dx)).astype(np.complex64)
     out = sfft.irfft2(k, s=(ny, nx), axes=(1, 2), workers=1).astype(np.float32)
     for fr, sc in zip(motion["through_plane_frames"], motion["through_plane_scale"]):
         c = np.array([(ny - 1) / 2, (nx - 1) / 2])
