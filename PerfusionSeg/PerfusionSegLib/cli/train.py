@@ -21,6 +21,8 @@ def register(subparsers) -> None:
     p.add_argument("--steps-per-epoch", type=int, help="batches per epoch (on-the-fly data has no fixed epoch)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
+    p.add_argument("--lr-halve-every", type=int, help="halve the learning rate every this many epochs")
+    p.add_argument("--patience", type=int, help="early stopping: epochs without validation Dice gain")
     p.add_argument("--config", help="network configuration name (e.g. xue2020, default, daugs2024, tiny)")
     p.add_argument("--bank-size", type=int, help="training slices kept in memory and refreshed each epoch")
     p.add_argument("--val-slices", type=int, help="phantom validation slices (separate seed stream)")
@@ -43,6 +45,7 @@ def _recipe(args):
     recipe = recipe_for(args.family)
     changes = {k: v for k, v in {"epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
                                  "batch_size": args.batch_size, "lr": args.lr, "config": args.config,
+                                 "lr_halve_every": args.lr_halve_every, "early_stop_patience": args.patience,
                                  "bank_size": args.bank_size, "val_slices": args.val_slices}.items() if v is not None}
     for k, v in changes.items():
         if k != "config" and v <= 0:
