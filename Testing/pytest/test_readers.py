@@ -247,7 +247,8 @@ def test_dicom_interleaved_slices_are_split_and_ordered(tmp_path):
     for s in study:
         k = int(np.argmin([abs(np.dot(s.affine[:3, 3], apex) - w) for w in written]))
         np.testing.assert_array_equal(s.data, truth["values"][k])
-        np.testing.assert_allclose(s.times, truth["times"], atol=2e-3)
+        np.testing.assert_allclose(s.times - s.times[0], truth["times"], atol=2e-3)
+        assert s.times[0] == pytest.approx(0.1 * k, abs=2e-3)     # offset within the beat kept
 
 
 def test_dicom_several_series_listed_and_selectable(tmp_path):
@@ -408,3 +409,10 @@ def test_study_from_separate_dicom_series_when_named(tmp_path):
         readers.load_study(tmp_path / "f")
     study = readers.load_study(tmp_path / "f", series="0,1")
     assert len(study) == 2 and {s.metadata["series_number"] for s in study} == {3, 4}
+
+
+def test_interleaved_slices_keep_their_offsets_within_the_beat(tmp_path):
+    synthetic_dicom.write_series(tmp_path / "ms", n_slices=3)    # slice s acquired 0.1 s * s after slice 0
+    study = readers.load_study(tmp_path / "ms")
+    firsts = sorted(round(float(s.times[0]), 3) for s in study)
+    assert firsts == [0.0, 0.1, 0.2]
