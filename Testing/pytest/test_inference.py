@@ -207,7 +207,7 @@ def test_segment_cli_without_a_model_exits_2_naming_the_file(tmp_path, capsys, m
     write_series(series, tmp_path / "s.nii.gz")
     rc = main(["segment", str(tmp_path / "s.nii.gz"), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
-    assert rc == 2 and "resunet_xue2020.json" in err and "Traceback" not in err
+    assert rc == 2 and "resunet.json" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
     rc = main(["segment", str(tmp_path / "missing.nii.gz"), "--out", str(tmp_path / "out"),
                "--model", str(tmp_path / "nope.json")])

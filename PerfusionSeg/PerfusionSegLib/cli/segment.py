@@ -6,13 +6,11 @@ Writes ``DIR/S_labels.nii.gz`` per input (stem S); with ``--method daugs`` also 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
 from .common import add_geometry_options, geometry_kwargs
 
-DEFAULT_RESUNET_MODEL = "resunet_xue2020"
+DEFAULT_RESUNET_MODEL = "resunet"   # what the training pipeline exports (resunet.json + resunet.pt)
 
 
 def register(subparsers) -> None:
@@ -48,8 +46,19 @@ def _unique_stems(paths) -> list:
     return stems
 
 
+def _default_resunet() -> str:
+    """The shipped ResUNet name; if absent, the only installed ResUNet card; else the default (the error names it)."""
+    from ..networks.registry import default_models_dir, list_models
+
+    if (default_models_dir() / f"{DEFAULT_RESUNET_MODEL}.json").is_file():
+        return DEFAULT_RESUNET_MODEL
+    resunets = [m["name"] for m in list_models() if m["architecture"] == "resunet" and m["weights_present"]]
+    return resunets[0] if len(resunets) == 1 else DEFAULT_RESUNET_MODEL
+
+
 def run(args: argparse.Namespace) -> int:
     from ..errors import InvalidParameterError
+    from ..networks.registry import load_model
     from ..readers import load_series
     from ..writers import write_labels, write_map
     from ..atomic import write_text_atomic
@@ -62,27 +71,27 @@ def run(args: argparse.Namespace) -> int:
 
     model = None
     if args.method == "resunet":
-        from ..networks.registry import load_model
-        model = load_model(args.model or DEFAULT_RESUNET_MODEL, device=args.device)
+        model = load_model(_default_resunet() if args.model is None else args.model, device=args.device)
     # read every input before writing anything: a bad input stops the run with nothing written
     series_list = [load_series(p, **geometry_kwargs(args)) for p in args.inputs]
+    daugs_results = None
+    if args.method == "daugs":
+        from PerfusionDAUGSLib.daugs import run_daugs
+        # every slice in one call: the pool members run over all slices' patches together
+        daugs_results = run_daugs(series_list, args.pool, umap_stride=args.umap_stride, seg_stride=16,
+                                  device=args.device, bf16=args.bf16)
     out.mkdir(parents=True, exist_ok=True)
-    for stem, series in zip(_unique_stems(args.inputs), series_list):
+    for i, (stem, series) in enumerate(zip(_unique_stems(args.inputs), series_list)):
         if args.method == "resunet":
             from ..inference import segment_series
             result = segment_series(series, model, bf16=args.bf16)
-            labels, qc = result.labels, result.qc
+            labels, flags = result.labels, result.qc["flags"]
         else:
-            from PerfusionDAUGSLib.daugs import run_daugs
-            result = run_daugs(series, args.pool, umap_stride=args.umap_stride, seg_stride=16)
-            labels = result.labels
+            result = daugs_results[i]
+            labels, flags = result.labels, list(result.flags)
             write_map(result.umap, out / f"{stem}_umap.nii.gz", spacing=series.spacing, affine=series.affine)
-            summary = result.to_dict() if hasattr(result, "to_dict") else {
-                "chosen": result.chosen, "u_pp": {str(k): float(v) for k, v in dict(result.upp).items()}}
-            write_text_atomic(out / f"{stem}_daugs.json", json.dumps(summary, indent=2, default=str) + "\n")
-            from ..qc import slice_qc
-            qc = slice_qc(labels, series.spacing, level=series.level, affine=series.affine)
+            write_text_atomic(out / f"{stem}_daugs.json", result.to_json())
         path = write_labels(labels, out / f"{stem}_labels.nii.gz", spacing=series.spacing, affine=series.affine)
-        flags = ", ".join(qc["flags"]) if qc["flags"] else "ok"
-        print(f"{path}  QC: {flags}")
+        extra = f"  chosen {result.chosen} (U_pp {result.upp_chosen:.4g})" if args.method == "daugs" else ""
+        print(f"{path}  QC: {', '.join(flags) if flags else 'ok'}{extra}")
     return 0

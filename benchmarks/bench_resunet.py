@@ -1,0 +1,206 @@
+"""Benchmark: Xue's ResUNet (published configuration, 3.71 M parameters) per slice on CPU.
+
+Each variant runs in its own subprocess (so peak RSS is its own): model load (card + sha256 + weights-only load),
+then slices of 48 x 176 x 176. Variants: fp32 eager (baseline), channels-last, channels-last + bf16 autocast,
+TorchScript trace + freeze, torch.compile (if a compiler is available), fp16-stored weights (load time and size).
+Agreement with the fp32 baseline: mean Dice over the 4 classes of the argmax labels.
+
+Weights: a trained model when one is installed (``--model NAME|CARD``), else He-initialised weights whose
+BatchNorm statistics are calibrated on synthetic first-pass slices (so activations look like a trained network's).
+
+    python benchmarks/bench_resunet.py [--threads 2] [--slices 12] [--model NAME]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+VARIANTS = ("fp32_eager", "fp32_channels_last", "bf16_channels_last", "jit_trace_freeze", "torch_compile",
+            "fp16_weights_bf16")
+TARGET_MS, TARGET_LOAD_MS, TARGET_RSS_MB, TARGET_DICE = 150.0, 100.0, 250.0, 0.005
+
+
+def synthetic_slices(n: int, seed: int = 0, size: int = 176, frames: int = 48) -> np.ndarray:
+    """First-pass-like inputs: RV, LV pool and a myocardial ring with their own enhancement curves, noise."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((n, frames, size, size), np.float32)
+    yy, xx = np.indices((size, size))
+    t = np.arange(frames) * 0.5
+    for i in range(n):
+        cy, cx = size / 2 + rng.uniform(-10, 10, 2)
+        r_endo = rng.uniform(15, 25)
+        r_epi = r_endo + rng.uniform(7, 12)
+        d = np.hypot(yy - cy, xx - cx)
+        rv = np.hypot(yy - cy, (xx - cx + 1.4 * r_epi) / 0.6) < 0.7 * r_epi
+        bolus = lambda t0, w: np.clip(t - t0, 0, None) ** 2 * np.exp(-np.clip(t - t0, 0, None) / w)
+        img = np.full((frames, size, size), 0.1, np.float32)
+        img[:, rv] = bolus(3, 2)[:, None]
+        img[:, (d < r_epi) & (d >= r_endo)] = 0.3 * bolus(6, 3)[:, None] + 0.1
+        img[:, d < r_endo] = bolus(5, 2)[:, None]
+        img /= img.max()
+        out[i] = img + rng.normal(0, 0.03, img.shape)
+    return out
+
+
+def machine() -> str:
+    cpu = platform.processor() or ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{cpu}; {os.cpu_count()} logical CPUs; {platform.system()} {platform.machine()}; Python "
+            f"{platform.python_version()}; torch {torch.__version__}; load average at start {load:.2f}")
+
+
+def make_model(folder: Path, model_arg) -> Path:
+    """A card path: the given trained model, or calibrated random weights saved in fp32 and fp16."""
+    import torch
+    from PerfusionSegLib.networks import build_network
+    from PerfusionSegLib.networks.registry import _resolve_card, save_model
+
+    if model_arg:
+        return _resolve_card(model_arg, None)
+    torch.manual_seed(0)
+    net = build_network("resunet", config="xue2020")
+    net.train()
+    with torch.no_grad():   # calibrate BatchNorm running statistics
+        for batch in np.array_split(synthetic_slices(8, seed=99), 4):
+            net(torch.from_numpy(batch))
+    card = {"input": {"n_frames": 48, "spacing_mm": 1.0, "size": 176, "temporal": "linear", "dt": 0.5,
+                      "normalise": "robust_max"}, "training": {"data": "none: random weights for benchmarking"}}
+    save_model(net, card, folder, "bench16", half=True)
+    return save_model(net, card, folder, "bench32")
+
+
+def run_variant(variant: str, card: str, ref_path: str, n_slices: int, threads: int) -> dict:
+    """Inside the subprocess: load, prepare the variant, time slices, compare with the reference labels."""
+    t_import = time.perf_counter()
+    import torch
+    torch.set_num_threads(threads)
+    from PerfusionSegLib.networks.registry import load_model
+    import_ms = (time.perf_counter() - t_import) * 1000
+    rss_import = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # torch alone is ~220 MB here
+    if variant == "fp16_weights_bf16":
+        card = card.replace("bench32", "bench16")
+    t0 = time.perf_counter()
+    model = load_model(card, device="cpu")
+    load_ms = (time.perf_counter() - t0) * 1000
+    net = model.network
+    x_all = torch.from_numpy(synthetic_slices(n_slices, seed=1))
+    cl = variant != "fp32_eager"
+    bf16 = variant.startswith("bf16") or variant == "fp16_weights_bf16"
+    if not cl:
+        net = net.to(memory_format=torch.contiguous_format)
+    note = ""
+    with torch.inference_mode():
+        example = x_all[:1].contiguous(memory_format=torch.channels_last) if cl else x_all[:1]
+        if variant == "jit_trace_freeze":
+            net = torch.jit.freeze(torch.jit.trace(net, example))
+        elif variant == "torch_compile":
+            try:
+                net = torch.compile(net)
+                net(example)
+            except Exception as exc:   # no C++ compiler, unsupported backend...
+                return {"variant": variant, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"}
+        times, labels = [], []
+        for i in range(n_slices + 3):
+            x = x_all[i % n_slices: i % n_slices + 1]
+            x = x.contiguous(memory_format=torch.channels_last) if cl else x
+            t = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = net(x)
+            lab = logits.float().argmax(1)[0].numpy().astype(np.uint8)
+            if i >= 3:                     # 3 warm-up slices
+                times.append((time.perf_counter() - t) * 1000)
+                labels.append(lab)
+    labels = np.stack(labels)
+    out = {"variant": variant, "load_ms": load_ms, "import_ms": import_ms, "ms_median": float(np.median(times)),
+           "ms_p90": float(np.percentile(times, 90)), "note": note,
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "rss_import_mb": rss_import}
+    if variant == "fp32_eager":
+        np.save(ref_path, labels)
+    else:
+        ref = np.load(ref_path)
+        dices = []
+        for s in range(len(ref)):
+            for c in range(4):
+                a, b = labels[s] == c, ref[s] == c
+                if a.any() or b.any():
+                    dices.append(2 * (a & b).sum() / (a.sum() + b.sum()))
+        out["mean_dice_vs_fp32"] = float(np.mean(dices))
+        out["min_dice_vs_fp32"] = float(np.min(dices))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--slices", type=int, default=12)
+    ap.add_argument("--model", default=None, help="a trained model name or card (default: calibrated random weights)")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--_child", nargs=3, metavar=("VARIANT", "CARD", "REF"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args._child:
+        print(json.dumps(run_variant(args._child[0], args._child[1], args._child[2], args.slices, args.threads)))
+        return 0
+
+    print(f"machine: {machine()}")
+    print(f"threads: {args.threads}; slices: {args.slices} of 48 x 176 x 176 (after 3 warm-up slices)")
+    with tempfile.TemporaryDirectory() as tmp:
+        card = make_model(Path(tmp), args.model)
+        from PerfusionSegLib.networks.blocks import count_parameters
+        from PerfusionSegLib.networks.registry import load_model
+        m = load_model(card, device="cpu")
+        print(f"model: {card.name if hasattr(card, 'name') else card}; {count_parameters(m.network) / 1e6:.3f} M parameters; "
+              f"weights {Path(card).with_suffix('.pt').stat().st_size / 1e6:.1f} MB fp32")
+        ref = str(Path(tmp) / "ref.npy")
+        variants = ["fp32_eager"] + [v for v in args.variants if v != "fp32_eager"]
+        rows = []
+        for v in variants:
+            if v == "fp16_weights_bf16" and args.model:
+                continue
+            proc = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--slices",
+                                   str(args.slices), "--_child", v, str(card), ref], capture_output=True, text=True)
+            try:
+                rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            except (IndexError, json.JSONDecodeError):
+                rows.append({"variant": v, "error": (proc.stderr.strip().splitlines() or ["failed"])[-1][:80]})
+    base = next((r["ms_median"] for r in rows if r["variant"] == "fp32_eager" and "ms_median" in r), None)
+    print()
+    print(f"{'variant':<22}{'ms/slice':>10}{'p90':>8}{'x base':>8}{'load ms':>9}{'RSS MB':>8}{'(torch)':>8}"
+          f"{'Dice vs fp32':>24}  targets")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['variant']:<22}  not run: {r['error']}")
+            continue
+        dice = r.get("mean_dice_vs_fp32")
+        ok = [r["ms_median"] <= TARGET_MS, r["load_ms"] <= TARGET_LOAD_MS, r["peak_rss_mb"] <= TARGET_RSS_MB,
+              dice is None or 1 - dice <= TARGET_DICE]
+        marks = "".join("+" if o else "-" for o in ok)
+        dtxt = "baseline" if dice is None else f"{dice:.4f} (min {r['min_dice_vs_fp32']:.3f})"
+        print(f"{r['variant']:<22}{r['ms_median']:>10.1f}{r['ms_p90']:>8.1f}{base / r['ms_median']:>8.2f}"
+              f"{r['load_ms']:>9.1f}{r['peak_rss_mb']:>8.0f}{r['rss_import_mb']:>8.0f}{dtxt:>24}  {marks}")
+    print(f"\ntargets (+ met / - missed, in order): <= {TARGET_MS:.0f} ms/slice, load <= {TARGET_LOAD_MS:.0f} ms, "
+          f"peak RSS <= {TARGET_RSS_MB:.0f} MB, Dice within {TARGET_DICE} of fp32")
+    print("RSS MB: peak resident memory of the whole process; (torch): after `import torch` and the registry only")
+    print(f"load average at end: {os.getloadavg()[0]:.2f} (other processes share these cores: timings are upper bounds)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
