@@ -212,19 +212,11 @@ def _aif_for_study(study, basal_series, basal_labels):
 
 
 def _mbf_map(series, labels, aif):
-    """Pixel-wise Fermi MBF (ml/min/g) on the myocardium of one slice: [Gd] conversion, then the Fermi fit."""
-    from PerfusionSegLib import quantification
-    from PerfusionSegLib.quantification.gd_conversion import signal_to_gd
+    """Pixel-wise Fermi MBF (ml/min/g, NaN off the myocardium) of one slice: [Gd] conversion, then the fit."""
+    from PerfusionSegLib.quantification import compute_mbf_map, signal_to_gd
 
     gd = signal_to_gd(series) if series.units == "signal" else series
-    compute_mbf_map = getattr(quantification, "compute_mbf_map", None)  # the agreed one-call interface, when present
-    if compute_mbf_map is not None:
-        return np.asarray(compute_mbf_map(gd, aif, labels == LV_MYO, model="fermi")["mbf"], dtype=np.float32)
-    from PerfusionSegLib.quantification.fermi import fermi_mbf
-
-    curve = aif.curve if np.array_equal(aif.times, gd.times) else np.interp(gd.times, aif.times, aif.curve)
-    result = fermi_mbf(gd.data, curve, gd.times, labels == LV_MYO)
-    return np.asarray(result.mbf, dtype=np.float32)
+    return np.asarray(compute_mbf_map(gd, aif, labels == LV_MYO, model="fermi")["mbf"], dtype=np.float32)
 
 
 def condition_statistics(slices: list) -> dict:
