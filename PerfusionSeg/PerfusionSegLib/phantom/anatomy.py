@@ -255,11 +255,14 @@ def paint(anat: dict, x: np.ndarray, y: np.ndarray) -> tuple:
         v = np.asarray(body["lung_vessels"], dtype=np.float32)
         lx, ly = x.ravel()[lung], y.ravel()[lung]
         hit = np.full(lung.size, -1, dtype=np.int32)
-        for j in range(0, len(v), 16):   # vessels in chunks: (pixels x 16) distance tables
-            c = v[j:j + 16]
-            inside = (lx[:, None] - c[None, :, 0]) ** 2 + (ly[:, None] - c[None, :, 1]) ** 2 <= c[None, :, 2] ** 2
-            any_in = inside.any(axis=1)
-            hit[any_in] = j + np.argmax(inside[any_in], axis=1)
+        order = np.argsort(lx, kind="stable")
+        lxs = lx[order]
+        lo = np.searchsorted(lxs, v[:, 0] - v[:, 2])
+        hi = np.searchsorted(lxs, v[:, 0] + v[:, 2], side="right")
+        for j in range(len(v)):   # per vessel only the pixels in its x-band (sorted), so cost ~ vessel area
+            cand = order[lo[j]:hi[j]]
+            inside = (lx[cand] - v[j, 0]) ** 2 + (ly[cand] - v[j, 1]) ** 2 <= v[j, 2] ** 2
+            hit[cand[inside]] = j
         sel = hit >= 0
         flat = idx.reshape(-1)
         flat[lung[sel]] = np.where(v[hit[sel], 3] > 0, T["lung_vein"], T["lung_artery"])
