@@ -46,6 +46,12 @@ def test_flash_simulation_matches_closed_form():
     mss = (1 - e1) / (1 - q)
     closed = np.sin(a) * (mss + (mz0 - mss) * q ** p.centre_line)
     np.testing.assert_allclose(simulate_signal(gd, p, 1.3, 0.045, r1=4.0), closed, rtol=1e-10)
+    # imperfect saturation and T2* loss at the echo time, closed form again
+    import dataclasses
+    q = dataclasses.replace(p, saturation_efficiency=0.95, echo_time_s=0.0012, r2star=20.0)
+    mz0 = 1 - 0.95 * np.exp(-q.first_readout_delay_s / t1)
+    expected = np.sin(a) * (mss + (mz0 - mss) * (np.cos(a) * e1) ** p.centre_line) * np.exp(-0.0012 * 20.0 * gd)
+    np.testing.assert_allclose(simulate_signal(gd, q, 1.3, 0.045, r1=4.0), expected, rtol=1e-10)
 
 
 def test_centric_ordering_reads_earlier_and_gives_less_signal():

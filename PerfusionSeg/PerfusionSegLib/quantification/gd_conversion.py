@@ -6,7 +6,7 @@ the readout for a range of [Gd] (T1 = 1/(1/T1_0 + r1 C), T2 = 1/(1/T2_0 + r2 C))
 interpolation. The PD image cancels receive-coil sensitivity and M0, which is why it is smoothed, not used raw.
 
 Readout model
-- SR-FLASH: perfect saturation (Mz = 0), free recovery for the delay before the first readout pulse, then a train of
+- SR-FLASH: saturation (Mz = 1 - efficiency; ideal = 1.0, the default), free recovery for the delay before the first readout pulse, then a train of
   spoiled pulses (ideal spoiling: only Mz survives each TR); the signal is Mz sin(alpha) at the k-space centre line.
 - SR-bSSFP: full Bloch rotation/relaxation of (Mx, My, Mz) with alternating-phase pulses, a linear flip-angle ramp of
   ``n_runup`` pulses (the usual catalysation), on resonance; the signal is |Mxy| at TE = TR/2 of the centre line.
@@ -58,10 +58,15 @@ class SequenceParameters:
     field_strength_t: float = 3.0
     catalysation: str = "ramp"          # bSSFP start-up: "ramp" (n_runup pulses rising linearly) or "half" (alpha/2, TR/2)
     pd_sequence: str = "flash"          # PD readout: "flash" (Gadgetron/Kellman protocol) or "same" as the SR images
+    saturation_efficiency: float = 1.0  # fraction of Mz the saturation pulse destroys (real pulses: 0.93-1.0)
+    echo_time_s: float = 0.001          # TE: with r2star > 0 the signal loses exp(-TE r2* [Gd]) (blood at the bolus peak)
+    r2star: float = 0.0                 # L/mmol/s T2* relaxivity; 0 = T2* loss ignored (default: not known per scan)
 
     def __post_init__(self) -> None:
         if self.sequence not in SEQUENCES:
             raise InvalidParameterError(f"sequence must be one of {SEQUENCES}, got {self.sequence!r}")
+        if not 0.5 <= self.saturation_efficiency <= 1.0:
+            raise InvalidParameterError(f"saturation efficiency must be in [0.5, 1], got {self.saturation_efficiency}")
         if self.catalysation not in ("ramp", "half") or self.pd_sequence not in ("flash", "same"):
             raise InvalidParameterError("catalysation must be 'ramp' or 'half'; pd_sequence 'flash' or 'same'")
         if self.ordering not in ORDERINGS:
@@ -157,15 +162,16 @@ def simulate_signal(gd: np.ndarray, params: SequenceParameters, t1_0: float, t2_
     tr = params.echo_spacing_s
     alpha = np.deg2rad(params.flip_angle_deg if saturated else params.pd_flip_angle_deg)
     mz = np.zeros_like(gd) if saturated else np.ones_like(gd)
-    if saturated:   # free recovery from zero until the first readout pulse
-        mz = 1.0 - np.exp(-params.first_readout_delay_s / t1)
+    if saturated:   # free recovery from (1 - efficiency) until the first readout pulse
+        mz = 1.0 - params.saturation_efficiency * np.exp(-params.first_readout_delay_s / t1)
     e1, e2 = np.exp(-tr / t1), np.exp(-tr / t2)
+    t2star_loss = np.exp(-params.echo_time_s * params.r2star * gd)
     if params.sequence == "flash" or (not saturated and params.pd_sequence == "flash"):
         # spoiled gradient echo: only Mz carries from one TR to the next
         for _ in range(params.centre_line):
             mz = mz * np.cos(alpha)
             mz = 1.0 - (1.0 - mz) * e1
-        return mz * np.sin(alpha)
+        return mz * np.sin(alpha) * t2star_loss
     # balanced SSFP: rotate about x with alternating sign, relax over TR/2 halves
     e1h, e2h = np.exp(-tr / 2 / t1), np.exp(-tr / 2 / t2)
     mx = np.zeros_like(gd)
@@ -187,7 +193,7 @@ def simulate_signal(gd: np.ndarray, params: SequenceParameters, t1_0: float, t2_
         # to the echo (TR/2)
         mx, my, mz = mx * e2h, my * e2h, 1.0 - (1.0 - mz) * e1h
         if j == len(angles) - 1:
-            return np.sqrt(mx * mx + my * my)
+            return np.sqrt(mx * mx + my * my) * t2star_loss
         mx, my, mz = mx * e2h, my * e2h, 1.0 - (1.0 - mz) * e1h
     raise AssertionError("unreachable")
 
