@@ -37,7 +37,8 @@ def _u(rng, lo, hi):
 
 def sample_anatomy(rng: np.random.Generator, level: str, *, rotation_sd_deg: float = 15.0, allow_mirror: bool = False) -> dict:
     """Random anatomy parameters (JSON-able) for one slice at ``level`` ('basal', 'mid', 'apical')."""
-    lv = {"basal": (20.0, 27.0), "mid": (15.0, 24.0), "apical": (6.0, 13.0)}[level]
+    # the apical slice of a 3-slice protocol lies about a quarter of the way from the apex: a cavity of 8-17 mm radius
+    lv = {"basal": (19.0, 28.0), "mid": (15.0, 25.0), "apical": (8.0, 17.0)}[level]
     kind = rng.choice(["thin", "normal", "hypertrophic"], p=[0.15, 0.65, 0.20])
     wall = {"thin": (5.0, 7.0), "normal": (7.0, 11.0), "hypertrophic": (12.0, 20.0)}[str(kind)]
     wall_mm = _u(rng, *wall) * (0.85 if level == "apical" else 1.0)
@@ -52,7 +53,7 @@ def sample_anatomy(rng: np.random.Generator, level: str, *, rotation_sd_deg: flo
         "thinning": None,
         "rv_angle_deg": _u(rng, 185.0, 210.0),
         "rv_half_span_deg": _u(rng, *{"basal": (60, 78), "mid": (52, 70), "apical": (40, 60)}[level]),
-        "rv_depth_mm": _u(rng, *{"basal": (16, 30), "mid": (10, 24), "apical": (4, 11)}[level]),
+        "rv_depth_mm": _u(rng, *{"basal": (16, 30), "mid": (10, 24), "apical": (5, 14)}[level]),
         "rv_shape_power": _u(rng, 0.35, 0.8),
         "rv_skew": _u(rng, -0.25, 0.25),
         "rv_wall_mm": _u(rng, 2.0, 4.0),
@@ -86,6 +87,11 @@ def sample_anatomy(rng: np.random.Generator, level: str, *, rotation_sd_deg: flo
         "subcut_fat_mm": _u(rng, 4, 25),
         "muscle_mm": _u(rng, 8, 18),
         "anterior_muscle_mm": _u(rng, 4, 22),
+        # mediastinal soft tissue and fat on the medial/inferior side of the heart (great vessels, oesophagus, fat)
+        "mediastinum": {"offset_mm": [float(rng.normal(-25, 8)), float(rng.normal(15, 8))],
+                        "semi_axes_mm": [_u(rng, 45, 75), _u(rng, 35, 60)], "angle_deg": _u(rng, -40, 40),
+                        "fat_fraction": _u(rng, 0.2, 0.8),
+                        "modes": [[_u(rng, 8, 30), _u(rng, 0, 360), _u(rng, 0, 360)] for _ in range(8)]},
         "liver": {"centre_mm": [float(rng.normal(-60, 20)), float(rng.normal(82, 12)) - (12 if level == "apical" else 0)],
                   "semi_axes_mm": [_u(rng, 90, 135), _u(rng, 50, 78)], "angle_deg": _u(rng, -30, 10)},
         "bowel": [[float(rng.normal(60, 35)), float(rng.normal(100, 15)), _u(rng, 8, 22), _u(rng, 6, 16), _u(rng, 0, 180)]
@@ -244,6 +250,18 @@ def paint(anat: dict, x: np.ndarray, y: np.ndarray) -> tuple:
         (sx, sy), (sa, sb) = st["centre_mm"], st["semi_axes_mm"]
         idx[cavity & _ellipse(x, y, sx, sy, sa + st["wall_mm"], sb + st["wall_mm"])] = T["muscle"]   # gastric wall
         idx[cavity & _ellipse(x, y, sx, sy, sa, sb)] = T["stomach"]
+    med = body.get("mediastinum")
+    if med:
+        inside = cavity & _ellipse(x, y, *med["offset_mm"], *med["semi_axes_mm"], med["angle_deg"])
+        # a blotchy mix of fat and soft tissue: random plane waves (defined in body mm, so the same on any grid or
+        # crop), thresholded at the level that leaves about ``fat_fraction`` as fat (sum of 8 unit waves: sd 2)
+        pattern = np.zeros(x.shape, dtype=np.float32)
+        for wl, direction, phase in med["modes"]:
+            d = np.radians(direction)
+            pattern += np.sin((2 * np.pi / wl) * (np.cos(d) * x + np.sin(d) * y) + np.radians(phase))
+        fat = pattern > 2.0 * (1.0 - 2.0 * med["fat_fraction"])
+        idx[inside & fat] = T["epi_fat"]
+        idx[inside & ~fat] = T["bowel"]
     spx, spy = body["spine_mm"]
     rs = body["spine_radius_mm"]
     idx[_ellipse(x, y, spx, spy + 8, rs * 2.6, rs * 1.7)] = T["muscle"]    # paraspinal muscles

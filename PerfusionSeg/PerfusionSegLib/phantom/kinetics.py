@@ -10,8 +10,8 @@ Myocardium: Fermi-constrained impulse response with an extravascular leak term,
 ``C_myo(t) = MBF * rho / 60 * (AIF (*) R)(t)`` with MBF in ml/min/g, tissue density rho = 1.05 g/ml and the *blood*
 AIF (no haematocrit correction), the convention of Jerosch-Herold et al. (Med Phys 1998) Fermi deconvolution.
 Sources for ranges: pulmonary transit time 4-9 s (Cao et al., JCMR 2014; shorter at stress), peak LV [Gd] 2-8 mmol/L for
-0.05-0.1 mmol/kg (Ishida et al. JMRI 2011; Kellman et al. JCMR 2017), extraction fraction 0.3-0.6 and ve 0.2-0.3
-(Jerosch-Herold, JCMR 2010), liver/spleen enhancement (Materne et al. 2002).
+0.05-0.1 mmol/kg (Ishida et al. JMRI 2011; Kellman et al. JCMR 2017), extraction fraction 0.3-0.6 and ve 0.2-0.3, i.e.
+0.35-0.5 referenced to blood (Jerosch-Herold, JCMR 2010), liver/spleen enhancement (Materne et al. 2002).
 """
 from __future__ import annotations
 
@@ -47,10 +47,10 @@ def sample_circulation(rng: np.random.Generator, condition: str) -> dict:
     stress = condition == "stress"
     return {
         "rv_arrival_s": float(rng.uniform(3.0, 12.0)),
-        "bolus_tp_s": float(rng.uniform(2.0, 5.0)),
+        "bolus_tp_s": float(rng.uniform(1.5, 3.5)),
         "bolus_alpha": float(rng.uniform(1.8, 4.0)),
         "pulmonary_transit_s": float(rng.uniform(3.5, 6.0) if stress else rng.uniform(5.0, 8.5)),
-        "pulmonary_shape": float(rng.uniform(2.5, 6.0)),
+        "pulmonary_shape": float(rng.uniform(2.0, 4.0)),
         "systemic_transit_s": float(rng.uniform(10.0, 16.0) if stress else rng.uniform(13.0, 20.0)),
         "systemic_shape": float(rng.uniform(3.0, 6.0)),
         "recirculation_fraction": float(rng.uniform(0.35, 0.6)),
@@ -60,7 +60,8 @@ def sample_circulation(rng: np.random.Generator, condition: str) -> dict:
         "fermi_tau0_s": float(rng.uniform(2.5, 6.0)),
         "fermi_k_s": float(rng.uniform(0.3, 1.2)),
         "extraction": float(rng.uniform(0.3, 0.55) if stress else rng.uniform(0.45, 0.65)),
-        "ve": float(rng.uniform(0.2, 0.3)),
+        # extravascular volume referenced to *blood* concentration, ve / (1 - Hct): 0.2-0.3 / 0.58 (blood AIF)
+        "ve": float(rng.uniform(0.35, 0.5)),
         "muscle_mbf": float(rng.uniform(0.05, 0.25) if stress else rng.uniform(0.02, 0.08)),
         "liver_peak_mmol": float(rng.uniform(0.3, 0.9)),
         "liver_transit_s": float(rng.uniform(12.0, 25.0)),
