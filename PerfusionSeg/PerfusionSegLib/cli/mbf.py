@@ -21,11 +21,12 @@ def register(subparsers) -> None:
         description="Quantify myocardial blood flow from a first-pass series in [Gd] (mmol/L; signal series are "
                     "converted with a Bloch-simulated look-up table) and an arterial input function. MBF in ml/min/g "
                     "with a tissue density of 1.05 g/ml.")
-    p.add_argument("series", metavar="SERIES", help="perfusion series (DICOM folder, NIfTI, NRRD, .mat, .npy)")
+    p.add_argument("input", metavar="SERIES", help="perfusion series (DICOM folder, NIfTI, NRRD, .mat, .npy)")
     p.add_argument("--aif", metavar="AIF",
                    help="AIF curve (blood Gd, mmol/L): .json (list, or {curve, times, hematocrit}), .npy, .txt/.csv "
-                        "(one value per line, or 'time value' rows), or a QPerf .mat; default: the AIF stored in the "
-                        "series file (QPerf .mat)")
+                        "(one value per line, or 'time value' rows), or a QPerf .mat; or 'perfusion' = the mean of the "
+                        "LV blood pool of the series itself (label 1 of --mask, else located automatically; saturates: "
+                        "underestimates the AIF peak); default: the AIF stored in the series file (QPerf .mat)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--model", default="fermi", choices=("fermi", "2cxm"), help="kinetic model (default fermi)")
     p.add_argument("--mask", metavar="LABELS", help="label map on the series grid; MBF is computed where it equals "
@@ -105,6 +106,39 @@ def read_aif_file(path: Path, series, hematocrit=None):
                     peak=peak if curve.size == series.n_frames else None)
 
 
+def _aif_from_perfusion(series, labels, args):
+    """Fallback AIF: mean [Gd] of the LV blood pool of the perfusion series (label 1, or located), core only."""
+    import warnings
+
+    import numpy as np
+    from scipy import ndimage
+
+    from ..errors import InvalidLabelsError
+    from ..quantification import extract_aif
+
+    if labels is not None:
+        pool, how = labels == 1, "label 1 of the mask"
+        if not pool.any():
+            raise InvalidLabelsError("--aif perfusion needs the LV blood pool (label 1) in --mask")
+    else:
+        from ..localise import locate_lv
+        loc = locate_lv(series)
+        if loc.lv_mask is None or not loc.lv_mask.any():
+            raise InvalidLabelsError("--aif perfusion: the LV blood pool was not found; give --mask with label 1")
+        pool, how = loc.lv_mask, f"located automatically ({loc.method}, confidence {loc.confidence:.2f})"
+    core = ndimage.binary_erosion(pool, iterations=1)   # keep away from the myocardium (partial volume)
+    pool = core if core.sum() >= 4 else pool
+    if args.units == "gd":
+        series = series.replace(units="mmol/L")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        aif = extract_aif(series, lv_mask=pool, hematocrit=0.42 if args.hematocrit is None else args.hematocrit,
+                          sequence=args.sequence, field_strength=args.field_strength)
+    for w in caught:
+        print(f"perfusion mbf: warning: {w.message}", file=sys.stderr)
+    return aif, f"perfusion LV blood pool ({how}, {int(pool.sum())} pixels)"
+
+
 def run(args) -> int:
     import numpy as np
     from tqdm import tqdm
@@ -118,7 +152,7 @@ def run(args) -> int:
 
     if args.hematocrit is not None and not 0.0 <= args.hematocrit < 1.0:
         raise InvalidParameterError(f"--hematocrit must be in [0, 1), got {args.hematocrit}")
-    src = Path(args.series)
+    src = Path(args.input)
     geo = geometry_kwargs(args)
     stored_aif = None
     if src.suffix.lower() == ".mat" and src.is_file():
@@ -126,7 +160,15 @@ def run(args) -> int:
         series, stored_aif = study.slices[0], study.aif
     else:
         series = load_series(src, **geo)
-    if args.aif:
+    labels = None
+    if args.mask:
+        labels, note = load_labels(Path(args.mask))
+        labels = np.asarray(labels)
+        if labels.shape != series.shape:
+            raise InvalidLabelsError(f"mask {labels.shape} does not match the series frames {series.shape}")
+    if args.aif == "perfusion":
+        aif, aif_source = _aif_from_perfusion(series, labels, args)
+    elif args.aif:
         aif = read_aif_file(Path(args.aif), series, args.hematocrit)
         aif_source = str(args.aif)
     elif stored_aif is not None:
@@ -145,11 +187,7 @@ def run(args) -> int:
     elif series.units != "mmol/L":
         raise InvalidParameterError(f"{src.name} is in {series.units!r} units: MBF needs [Gd] (mmol/L) or raw signal")
 
-    if args.mask:
-        labels, note = load_labels(Path(args.mask))
-        labels = np.asarray(labels)
-        if labels.shape != series.shape:
-            raise InvalidLabelsError(f"mask {labels.shape} does not match the series frames {series.shape}")
+    if labels is not None:
         mask = labels == args.mask_label
         if not mask.any():
             raise InvalidLabelsError(f"mask {Path(args.mask).name} has no pixel with label {args.mask_label}")
