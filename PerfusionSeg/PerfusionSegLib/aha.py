@@ -21,7 +21,7 @@ Conventions (``shared/CONVENTIONS.md``):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Optional, Sequence
 
 import numpy as np
@@ -432,6 +432,37 @@ def find_insertion_points(
         flagged=bool(flagged), note="; ".join(notes), direction_source=direction_source,
         rv_arc_deg=float(arc_len) if usable else float("nan"), spacing=spacing,
     )
+
+
+def find_insertion_points_stack(labels_list: Sequence, *, spacing=(1.0, 1.0), affines: Optional[Sequence] = None,
+                                user_anterior: Optional[Sequence] = None, mirrored: Optional[bool] = None) -> list:
+    """Insertion points of several slices of one acquisition (same in-plane orientation), basal to apical.
+
+    Each slice is analysed on its own; a slice whose RV cannot be used (typically apical) then takes the anterior
+    angle of the nearest slice where detection worked as its prior (still flagged, with a note), instead of the
+    generic anatomical prior. ``spacing`` is one (dy, dx) for all slices or one per slice.
+    """
+    n = len(labels_list)
+    affines = list(affines) if affines is not None else [None] * n
+    user_anterior = list(user_anterior) if user_anterior is not None else [None] * n
+    spacings = list(spacing) if (len(spacing) == n and np.ndim(spacing[0]) == 1) else [spacing] * n
+    if not (len(affines) == len(user_anterior) == len(spacings) == n):
+        raise InvalidParameterError("need one affine, user point and spacing per slice")
+    first = [find_insertion_points(lab, spacing=sp, affine=af, user_anterior_yx=u, mirrored=mirrored)
+             for lab, sp, af, u in zip(labels_list, spacings, affines, user_anterior)]
+    good = [i for i, ip in enumerate(first) if ip.source != "prior"]
+    out = []
+    for i, ip in enumerate(first):
+        if ip.source == "prior" and good:
+            j = min(good, key=lambda g: abs(g - i))
+            # the neighbour's turning direction came from its RV, so it is the better guess here as well
+            ip = find_insertion_points(labels_list[i], spacing=spacings[i], affine=affines[i],
+                                       mirrored=first[j].septum_direction > 0,
+                                       prior_angle_deg=first[j].anterior_angle_deg)
+            ip = replace(ip, note=ip.note + f"; prior and direction from slice {j + 1}",
+                         direction_source=f"slice {j + 1}")
+        out.append(ip)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------------

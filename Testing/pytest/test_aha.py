@@ -368,3 +368,29 @@ def test_cli_report(tmp_path, capsys):
     assert main(["report", "--labels", maps[0], "--map", maps[0], "--out", str(tmp_path / "x")]) == 2
     assert main(["report", "--labels", labels[0], "--map", maps[1], "--anterior", "3", "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_stack_lends_a_neighbours_angle_to_a_slice_without_rv():
+    from PerfusionSegLib.aha import find_insertion_points_stack
+
+    with_rv, truth, _, affine = synthetic_short_axis(rotation_deg=75.0, mirror=True)
+    no_rv, *_ = synthetic_short_axis(rotation_deg=75.0, mirror=True, rv=False)
+    ips = find_insertion_points_stack([with_rv, no_rv], spacing=(2.0, 2.0), affines=[affine, None])
+    assert ips[0].source == "auto" and ips[1].source == "prior" and ips[1].flagged
+    assert ips[1].direction_source == "slice 1" and ips[1].septum_direction == ips[0].septum_direction
+    assert _ad(ips[1].anterior_angle_deg, ips[0].anterior_angle_deg) < 1e-6
+    assert _ad(ips[1].anterior_angle_deg, truth["anterior"]) < 5.0
+
+
+def test_real_labels_without_rv_get_complete_flagged_sectors():
+    from conftest import shared_path
+    from PerfusionSegLib.readers import load_labels
+
+    path = shared_path("daugs_dev", "Labels", "Fig6-exD1-Mid.mat")
+    labels, _ = load_labels(path)               # DAUGS codes: myocardium and LV blood pool, no RV
+    ip = find_insertion_points(labels, spacing=(0.9, 0.9))
+    assert ip.source == "prior" and ip.flagged and "RV blood pool missing" in ip.note
+    sm = aha_sector_map(labels, "mid", ip)
+    assert np.array_equal(sm > 0, labels == 2)
+    counts = [int((sm == s).sum()) for s in range(7, 13)]
+    assert min(counts) > 0.5 * max(counts)       # the 60-degree sectors of a near-circular ring are similar in size

@@ -150,11 +150,11 @@ def _parse_points(items: Optional[list], n: int) -> list:
 
 def _build_slices(label_paths, map_paths, levels, backgrounds, anterior, args, what: str) -> tuple:
     """Read and analyse one acquisition: returns (slices for the report, per-slice geometry)."""
-    from ..aha import aha_sector_map, find_insertion_points
+    from ..aha import aha_sector_map, find_insertion_points_stack
     from ..errors import InvalidParameterError
     from ..readers import load_labels
 
-    slices, geoms = [], []
+    read, geoms = [], []
     for i, (lp, mp) in enumerate(zip(label_paths, map_paths)):
         labels, note = load_labels(lp, scheme=args.label_scheme)
         values = load_map(mp)
@@ -172,12 +172,17 @@ def _build_slices(label_paths, map_paths, levels, backgrounds, anterior, args, w
         background = load_map(backgrounds[i]) if backgrounds else None
         if background is not None and background.shape != labels.shape:
             raise InvalidParameterError(f"{what} slice {i + 1}: background {Path(backgrounds[i]).name} does not match the labels' grid")
-        ip = find_insertion_points(labels, spacing=spacing, affine=affine, user_anterior_yx=anterior[i])
-        sm = aha_sector_map(labels, levels[i], ip)
-        slices.append({"level": levels[i], "image": background if background is not None else values, "labels": labels,
+        read.append((labels, note, values, background))
+        geoms.append((spacing, affine))
+    # slices analysed together: one without a usable RV borrows its neighbour's anterior angle
+    ips = find_insertion_points_stack([r[0] for r in read], spacing=[g[0] for g in geoms], affines=[g[1] for g in geoms],
+                                      user_anterior=anterior)
+    slices = []
+    for level, (labels, note, values, background), ip in zip(levels, read, ips):
+        sm = aha_sector_map(labels, level, ip)
+        slices.append({"level": level, "image": background if background is not None else values, "labels": labels,
                        "sector_map": sm, "map": np.where(sm > 0, values, np.nan), "insertion": ip,
                        "label_note": note})
-        geoms.append((spacing, affine))
     return slices, geoms
 
 
