@@ -172,9 +172,10 @@ def add_noise(img: np.ndarray, sigma_map: np.ndarray, rng: np.random.Generator, 
             im = sigma_map * rng.standard_normal(shape, dtype=np.float32)
             acc += re * re + im * im
         return np.sqrt(acc)
-    out = np.empty(shape, dtype=np.complex64)
-    out.real = img + sigma_map * rng.standard_normal(shape, dtype=np.float32)
-    out.imag = sigma_map * rng.standard_normal(shape, dtype=np.float32)
+    # one draw of 2N float32 normals viewed as N complex64 values: fewer passes over memory than real + imaginary
+    out = rng.standard_normal(shape + (2,), dtype=np.float32).view(np.complex64)[..., 0]
+    out *= sigma_map
+    out.real += img
     return out
 
 
