@@ -258,11 +258,45 @@ def aif_detection() -> dict:
     return out
 
 
+def aif_phantom(seeds=range(8)) -> dict:
+    """Phantom dual-sequence AIF images (signal): LV located, AIF converted with the AIF sequence's parameters
+    (FLASH 5 deg, TS 4.4 ms, centric, as the phantom states) and compared with the true blood AIF."""
+    try:
+        from PerfusionSegLib.phantom import generate_study
+        from PerfusionSegLib.phantom.signal import RELAXATION
+    except ImportError as exc:
+        return {"skipped": f"phantom not available: {exc}"}
+    from PerfusionSegLib.quantification import extract_aif
+    from PerfusionSegLib.quantification.gd_conversion import SequenceParameters
+    out = {}
+    for seed in seeds:
+        ps = generate_study("siemens-flash-3t", seed=seed, condition="stress", units="mmol/L", n_slices=1)
+        truth, img, ref = ps.study.aif, ps.study.aif.image_series, ps.aif_mask == 1
+        acq = ps.params["acquisition"]
+        fs = float(acq["field_T"])
+        mask = locate_lv_in_aif_images(img.data)
+        params = SequenceParameters("flash", 5.0, 0.0017, 0.0044, max(img.shape[0] // 2, 8), "centric", 0,
+                                    float(acq["pd_flip_deg"]), fs, saturation_efficiency=float(acq["sat_efficiency"]),
+                                    echo_time_s=float(acq["te_ms"]) / 1e3, r2star=float(acq["r2star"]))
+        t10, t2, _ = RELAXATION[fs]["blood"]
+        aif = extract_aif(img.replace(metadata={"role": "aif"}), params=params, t1_0=t10 / 1e3, t2_0=t2 / 1e3,
+                          r1=float(acq["r1"]))
+        sel = truth.curve > 0.1 * truth.curve.max()
+        out[f"seed{seed}"] = {"dice_vs_phantom_lv_core": float(2 * (mask & ref).sum() / (mask.sum() + ref.sum())),
+                              "pixels_ours": int(mask.sum()), "pixels_phantom": int(ref.sum()),
+                              "aif_peak_ratio": float(aif.curve.max() / truth.curve.max()),
+                              "aif_median_abs_rel_err_above_10pct": float(np.median(
+                                  np.abs(aif.curve[sel] - truth.curve[sel]) / truth.curve[sel]))}
+    out["note"] = ("phantom mask = LV blood pool eroded by 1 px (its choice); ours keeps the whole well-mixed core, so "
+                   "Dice < 1 is expected even when the LV is found")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--quick", action="store_true", help="fewer simulated pixels and phantom cases")
-    ap.add_argument("--sections", default="sim,phantom,qperf,aif")
+    ap.add_argument("--sections", default="sim,phantom,qperf,aif,aifphantom")
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore", RuntimeWarning)
     results = {"machine": f"{platform.machine()} {platform.processor() or ''} cores={__import__('os').cpu_count()}",
@@ -272,6 +306,8 @@ def main(argv=None) -> int:
         results["aif_detection"] = aif_detection()
     if "qperf" in sec:
         results["qperf"] = qperf()
+    if "aifphantom" in sec:
+        results["aif_phantom"] = aif_phantom()
     if "sim" in sec:
         results["simulation"] = simulated(800 if args.quick else 4000)
     if "phantom" in sec:

@@ -119,11 +119,12 @@ def make_aif(curve: np.ndarray, times: np.ndarray, *, hematocrit: float = DEFAUL
 
 # --- LV blood pool in AIF images ---------------------------------------------------------------------------------
 def locate_lv_in_aif_images(images: np.ndarray, *, n_baseline: int = 5, core_fraction: float = 0.6,
-                            min_correlation: float = 0.9) -> np.ndarray:
+                            min_correlation: float = 0.9, first_pass_frames: int = 25) -> np.ndarray:
     """LV blood-pool mask (Y, X) bool in a low-resolution AIF image series (T, Y, X).
 
     The bolus reaches the RV several heartbeats before the LV. Among strongly enhancing pixels (peak enhancement
-    above 35% of the 99.5th percentile), the times to peak split into two groups (2-means): early = RV, late = LV.
+    above 35% of the 99.5th percentile, peaking within ``first_pass_frames`` of the earliest ones: later peaks are
+    organs or recirculation), the times to peak split into two groups (2-means): early = RV, late = LV.
     The late group's connected component with most enhancement is the LV; the final mask keeps the pixels whose curve
     correlates (r > 0.9) with that component's mean curve and whose peak enhancement exceeds ``core_fraction`` of the
     component's 75th-percentile peak (the well-mixed core, free of partial volume with myocardium).
@@ -137,6 +138,16 @@ def locate_lv_in_aif_images(images: np.ndarray, *, n_baseline: int = 5, core_fra
     peak = enh.max(axis=0)
     ttp = enh.argmax(axis=0).astype(np.float64)
     cand = peak > 0.35 * np.percentile(peak, 99.5)
+    # first pass only: organs and recirculation peak late; keep pixels peaking within `first_pass_frames` of the
+    # earliest strongly enhancing pixels (the RV)
+    if cand.sum() >= 4:
+        t_first = np.percentile(ttp[cand], 5)
+        cand &= ttp <= t_first + first_pass_frames
+        # isolated noisy pixels are not a blood pool: drop components smaller than 3 pixels
+        lbl, n = ndimage.label(cand)
+        if n:
+            sizes = ndimage.sum(cand, lbl, range(1, n + 1))
+            cand &= np.isin(lbl, 1 + np.flatnonzero(sizes >= 3))
     if cand.sum() < 4:
         raise InvalidParameterError("no enhancing blood pool found in the AIF images")
     t = ttp[cand]
@@ -170,13 +181,15 @@ def locate_lv_in_aif_images(images: np.ndarray, *, n_baseline: int = 5, core_fra
 
 def extract_aif(source, *, lv_mask: Optional[np.ndarray] = None, hematocrit: float = DEFAULT_HEMATOCRIT,
                 to_gd: bool = True, sequence: Optional[str] = None, field_strength: Optional[float] = None,
-                echo2: Optional[SliceSeries] = None, te_s: Optional[Tuple[float, float]] = None) -> AIF:
+                echo2: Optional[SliceSeries] = None, te_s: Optional[Tuple[float, float]] = None,
+                params=None, **lut_kwargs) -> AIF:
     """AIF from an image series.
 
     source: the dual-sequence AIF image series (SliceSeries, signal or mmol/L) -> LV located automatically unless
     ``lv_mask`` is given; or a perfusion SliceSeries with ``lv_mask`` (the segmented LV blood pool) -> fallback AIF,
     with a warning that the blood signal saturates. A signal series is converted to [Gd] with the blood look-up table
-    (``to_gd``); ``echo2`` + ``te_s`` apply a T2* correction of the first echo before conversion.
+    (``to_gd``; ``params`` / ``lut_kwargs`` as in :func:`signal_to_gd`, e.g. the AIF sequence's short saturation
+    time); ``echo2`` + ``te_s`` apply a T2* correction of the first echo before conversion.
     """
     from .gd_conversion import signal_to_gd
 
@@ -199,7 +212,8 @@ def extract_aif(source, *, lv_mask: Optional[np.ndarray] = None, hematocrit: flo
             raise InvalidParameterError("T2* correction needs the two echo times (te_s)")
         series = series.replace(data=t2star_correct(series.data, echo2.data, te_s[0], te_s[1]).astype(np.float32))
     if series.units == "signal" and to_gd:
-        series = signal_to_gd(series, sequence=sequence, field_strength=field_strength, tissue="blood")
+        series = signal_to_gd(series, sequence=sequence, field_strength=field_strength, tissue="blood", params=params,
+                              **lut_kwargs)
     curve = series.data[:, lv_mask].mean(axis=1)
     aif = make_aif(curve, series.times, hematocrit=hematocrit, units=series.units,
                    image_series=source if is_aif_series else None)

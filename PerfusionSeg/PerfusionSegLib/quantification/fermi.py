@@ -134,12 +134,13 @@ def _fermi_mbf(tissue: np.ndarray, aif: np.ndarray, times: np.ndarray, mask: Opt
     # model on a grid `oversample` times finer than the frames (PCHIP AIF), delayed there, read back at frame times
     u = max(1, int(oversample))
     tr, conv = fine_convolution(a[:end], dt, u)
-    tr, conv = tr.astype(f32), pad_matrix(conv).astype(f32)
     dts = dt / u
+    pad = int(np.ceil(UPPER[3] / dts)) + 2                 # zeros for the largest delay: no index clipping
+    tr, conv = tr.astype(f32), pad_matrix(conv, pad).astype(f32)
 
     def model(p):
         r = fermi_response(tr, p[:, 0], np.exp(p[:, 1]), np.exp(p[:, 2])).astype(f32)
-        return shift_padded(r @ conv, p[:, 3] / dts, stride=u)
+        return shift_padded(r @ conv, p[:, 3] / dts, stride=u, pad=pad)
 
     def model_and_jacobian(p):
         # unit-flow response G and its derivatives in log tau, log k; one stacked matrix product for all three
@@ -156,7 +157,7 @@ def _fermi_mbf(tissue: np.ndarray, aif: np.ndarray, times: np.ndarray, mask: Opt
         dg_dk = -tau * ekt / b - amp * (tr[None, :] - tau) * e / b ** 2
         n = p.shape[0]
         stacked = np.concatenate([g, tau * dg_dtau, k * dg_dk]) @ conv          # (3N, T)
-        out, dout = shift_padded(stacked, p[:, 3] / dts, stride=u, repeat=3, with_derivative=True)
+        out, dout = shift_padded(stacked, p[:, 3] / dts, stride=u, repeat=3, with_derivative=True, pad=pad)
         shifted, dshift, ju, jv = out[:n], dout[:n], out[n:2 * n], out[2 * n:]
         jac = np.empty(shifted.shape + (4,), dtype=f32)
         jac[:, :, 0] = shifted

@@ -70,32 +70,37 @@ def fine_convolution(aif: np.ndarray, dt: float, oversample: int = 1):
     return tf, convolution_matrix(af, dt / u)
 
 
-def pad_matrix(conv: np.ndarray) -> np.ndarray:
-    """The convolution matrix with a leading zero column: R @ pad_matrix(M) is a zero-padded curve, ready for
-    :func:`shift_padded` without copying."""
-    return np.concatenate([np.zeros((conv.shape[0], 1), dtype=conv.dtype), conv], axis=1)
+def pad_matrix(conv: np.ndarray, pad: int = 1) -> np.ndarray:
+    """The convolution matrix with ``pad`` leading zero columns: R @ pad_matrix(M, pad) is a zero-padded curve,
+    ready for :func:`shift_padded` without copying. A pad longer than the largest delay (in samples) + 1 lets the
+    shift index without clipping."""
+    return np.concatenate([np.zeros((conv.shape[0], pad), dtype=conv.dtype), conv], axis=1)
 
 
 def shift_padded(padded: np.ndarray, delay_samples: np.ndarray, stride: int = 1, repeat: int = 1,
-                 with_derivative: bool = False):
-    """Delay rows of a zero-padded array (column 0 is 0, columns 1.. the curve) by ``delay_samples`` (linear
-    interpolation; before the start the curve is 0) and read every ``stride``-th sample.
+                 with_derivative: bool = False, pad: int = 1):
+    """Delay rows of a zero-padded array (``pad`` leading zero columns, then the curve) by ``delay_samples``
+    (linear interpolation; before the start the curve is 0) and read every ``stride``-th sample.
 
     ``repeat``: the array stacks ``repeat`` blocks of N rows sharing the N delays. With ``with_derivative``, also
     returns d(out)/d(delay) per sample.
     """
     rows, tp = padded.shape
-    t = tp - 1
-    n = rows // repeat
+    t = tp - pad
     d = np.clip(np.asarray(delay_samples, dtype=np.float64).reshape(-1), 0.0, t - 1.0)
     m = np.floor(d).astype(np.int64)
     f = np.tile((d - m)[:, None], (repeat, 1)).astype(padded.dtype)
     n_out = (t - 1) // stride + 1
-    src = stride * np.arange(n_out)[None, :] - np.tile(m, repeat)[:, None]       # tap a index in the curve
-    flat = np.maximum(src, -1) + 1 + tp * np.arange(rows)[:, None]
-    flat_b = np.maximum(src - 1, -1) + 1 + tp * np.arange(rows)[:, None]       # tap b = a - 1
+    row0 = (tp * np.arange(rows) + pad - np.tile(m, repeat))[:, None]           # flat index of curve[n, -m]
     vals = padded.ravel()
-    a, b = vals[flat], vals[flat_b]
+    if pad >= int(m.max(initial=0)) + 2:     # enough zeros on the left: plain indexing, no clipping
+        flat = row0 + stride * np.arange(n_out)[None, :]
+        a, b = vals[flat], vals[flat - 1]
+    else:
+        src = stride * np.arange(n_out)[None, :] - np.tile(m, repeat)[:, None]   # tap a index in the curve
+        base = (tp * np.arange(rows) + pad - 1)[:, None]
+        a = vals[np.maximum(src, -1) + 1 + base]
+        b = vals[np.maximum(src - 1, -1) + 1 + base]
     out = a + f * (b - a)
     return (out, b - a) if with_derivative else out
 

@@ -131,7 +131,7 @@ def _two_compartment_mbf(tissue, aif, times, mask, *, hematocrit, density, max_i
               "median_iterations": float(np.median(res.iterations_used))})
 
 
-def _lm_scaled(model_raw, yn, scale, p0, fd, max_iter, lower, upper):
+def _lm_scaled(model_raw, yn, scale, p0, fd, max_iter, lower, upper, step_scale=None):
     """LM where pixel n's model is model_raw / scale[n]: the scale is passed along with the parameters as an
     extra, fixed column so the solver's active-subset bookkeeping keeps them together."""
     pz = np.column_stack([p0, scale[:, 0]])
@@ -141,7 +141,9 @@ def _lm_scaled(model_raw, yn, scale, p0, fd, max_iter, lower, upper):
     def model(q):
         return model_raw(q[:, :5]) / q[:, 5:6]
 
+    if step_scale is None:
+        step_scale = np.array([1e-3, 1e-3, 0.05, 0.005, 0.05, 1.0])
     res = levenberg_marquardt(model, yn, pz, lower, upper, fd_steps=np.append(fd, 0.0), max_iter=max_iter,
-                              step_scale=np.array([1e-3, 1e-3, 0.05, 0.005, 0.05, 1.0]), fixed=[5])
+                              step_scale=step_scale, fixed=[5])
     res.params = res.params[:, :5]
     return res
