@@ -117,8 +117,8 @@ class InsertionPoints:
 
 def _check_labels(labels) -> np.ndarray:
     arr = np.asarray(labels)
-    if arr.ndim == 3 and 1 in arr.shape:
-        arr = arr.reshape([n for n in arr.shape if n != 1] if arr.size else arr.shape)
+    if arr.ndim > 2 and np.squeeze(arr).ndim == 2:   # (Y, X, 1) and the like
+        arr = np.squeeze(arr)
     if arr.ndim != 2:
         raise InvalidLabelsError(f"a label map must be 2-D (Y, X), got shape {arr.shape}")
     if arr.size == 0:
@@ -311,8 +311,8 @@ def find_insertion_points(
 ) -> InsertionPoints:
     """Anterior and inferior RV insertion points of a short-axis label map (project codes 0-3, (Y, X)).
 
-    The RV-septum contact is where RV blood-pool pixels touch the myocardium dilated by ``contact_px`` pixels; its two
-    ends, as image angles around the LV blood-pool centroid, are the insertion points. ``user_anterior_yx`` (a clicked
+    The RV-septum contact is where RV blood-pool pixels touch the LV (myocardium or blood pool) dilated by
+    ``contact_px`` pixels; its two ends, as image angles around the LV blood-pool centroid, are the insertion points. ``user_anterior_yx`` (a clicked
     (y, x) anterior insertion point) is authoritative; ``prior_angle_deg`` is an expected anterior image angle (e.g.
     from a neighbouring slice) used to pick the anterior end, and as the fallback when the RV is missing or too small.
     ``affine`` (4x4 voxel-to-patient LPS) or ``mirrored`` (True/False, overriding the affine) tell anterior from inferior;

@@ -15,17 +15,15 @@ import html
 import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-from .aha import (AHA_SEGMENT_NAMES, LEVELS, SEGMENTS_OF_LEVEL, TERRITORIES, TERRITORY_COLORS, TERRITORY_OF_SEGMENT,
-                  InsertionPoints)
+from .aha import LEVELS, TERRITORIES, TERRITORY_COLORS, TERRITORY_OF_SEGMENT, InsertionPoints
 from .atomic import write_bytes_atomic, write_text_atomic
 from .errors import InvalidParameterError
-from .segment_stats import SEGMENTS, PerfusionReserve, SegmentStatistics, perfusion_reserve, rows_to_csv, segment_statistics
+from .segment_stats import SEGMENTS, SegmentStatistics, perfusion_reserve, rows_to_csv, segment_statistics
 
 # bullseye ring radii (inner, outer) in axis units
 _RINGS = {"apical": (0.32, 0.56), "mid": (0.56, 0.80), "basal": (0.80, 1.04)}
@@ -307,12 +305,12 @@ def _html_table(stress: SegmentStatistics, rest: Optional[SegmentStatistics], un
 
 
 _CSS = """
-body{font-family:Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1400px}
+body{font-family:Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1900px}
 h1{font-size:22px;margin-bottom:4px} h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;font-size:13px} th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f0f0f0} td:nth-child(2),td:nth-child(3){text-align:left} tr.sum td{font-weight:bold;background:#fafafa}
 .sw{display:inline-block;width:10px;height:10px;margin-right:5px;border:1px solid #555}
-.row{display:flex;flex-wrap:wrap;gap:16px} .row figure{margin:0} img{max-width:100%}
+.row{display:flex;flex-wrap:wrap;gap:16px} .row figure{margin:0;flex:1 1 640px;min-width:0} img{max-width:100%}
 .note{color:#555;font-size:12px} .warn{color:#a00;font-weight:bold} figcaption{font-size:13px;color:#444}
 """
 

@@ -9,7 +9,7 @@ Myocardial perfusion reserve (MPR) = stress / rest, per segment, territory and g
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
