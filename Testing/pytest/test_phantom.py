@@ -196,3 +196,15 @@ def test_write_phantom_and_cli(tmp_path):
     truth = json.loads((tmp_path / "w" / "stress_basal_truth.json").read_text())
     assert set(truth["insertion_points_yx"]) == {"anterior", "inferior"}
     assert main(["phantom", "--n", "1", "--preset", "nonsense", "--out", str(tmp_path / "c")]) == 2
+
+
+def test_randomised_draws_are_all_valid():
+    """Random sequences, contrasts, coil combinations and poses never produce an invalid study or training window."""
+    for seed in range(8):
+        ps = generate_study("randomised", seed=seed, n_slices=1, n_frames=12, aif_images=False, fov_x_mm=200.0,
+                            matrix_xy=[64, 48])
+        assert np.isfinite(ps.study.slices[0].data).all()
+    rng = np.random.default_rng(3)
+    for _ in range(6):
+        x, lab = generate_training_slice(rng, "randomised", size=64)
+        assert np.isfinite(x).all() and x.max() <= 1.0 and lab.shape == (64, 64)

@@ -12,7 +12,8 @@ Sources (values as reported, widened a little to cover sites):
 - siemens-flash-1p5t: the same SR-FLASH at 1.5 T (Kellman 2017; flip 12-14 deg, TR 2.2-2.5 ms), lower SNR.
 - randomised: SynthSeg-style domain randomisation (Billot et al., Med Image Anal 2023): any of the sequences, random
   per-tissue T1/PD within the physiological ordering (fat brightest pre-contrast, blood and myocardium dark before the
-  bolus, lung darkest), random bias, blur, resolution, noise, orientation (any rotation, mirrored half the time).
+  bolus, lung darkest), random bias, blur, resolution, noise (a third with 8-coil root-sum-of-squares), orientation
+  (any rotation, mirrored half the time), LV peak up to 15 mmol/L (clinical single-bolus doses).
 Field-dependent relaxation is in ``signal.RELAXATION``; relaxivities r1 (L/mmol/s) 4.0-5.2 at 1.5 T and 3.4-4.8 at 3 T
 span gadobutrol and gadoterate in blood (Rohrer et al., Invest Radiol 2005; Shen et al., Invest Radiol 2015).
 """
@@ -69,6 +70,7 @@ PRESETS = {
         "interp": (1, 2), "snr_blood_peak": (12.0, 90.0), "blur_px": (0.0, 1.5), "phase_resolution": (0.6, 1.0),
         "rotation_sd_deg": 180.0, "mirror": True, "contrast_jitter": 0.35, "sat_efficiency": (0.75, 1.0),
         "lv_peak_mmol": (2.0, 15.0), "motion_mm": (0.0, 3.5), "texture": (0.0, 0.2),
+        "coil_combine": ("adaptive", "adaptive", "sos"),
     },
 }
 PRESET_NAMES = tuple(PRESETS)
@@ -107,6 +109,9 @@ def sample_acquisition(rng: np.random.Generator, preset: str) -> dict:
             acq[key] = _draw(rng, v)
     if acq["flip_deg"] is None:   # randomised: a flip angle that suits the drawn sequence
         acq["flip_deg"] = float(rng.uniform(8, 25) if acq["sequence"] == "flash" else rng.uniform(30, 70))
+    n_c = 0 if acq["ordering"] == "centric" else acq["n_lines"] // 2
+    if acq["ts_ms"] < n_c * acq["tr_ms"] + 10.0:   # random draws must leave a recovery delay before the first line
+        acq["ts_ms"] = float(n_c * acq["tr_ms"] + rng.uniform(10.0, 40.0))
     nx, ny = acq["matrix_xy"]
     acq["pixel_mm"] = float(acq["fov_x_mm"] / nx)   # acquired pixel; output pixel = pixel_mm / interp
     return acq
