@@ -240,11 +240,25 @@ def _card_epoch(card: dict, fallback: Optional[int]) -> Optional[int]:
     return fallback
 
 
+GENERIC_FOLDER_NAMES = ("checkpoints", "checkpoint", "ckpt", "ckpts", "weights", "models")
+
+
+def run_names(run_dirs: Sequence[Union[str, os.PathLike]]) -> List[str]:
+    """A short distinct name per run folder: its name, or its parent's when the folder is e.g. ``run3/checkpoints``."""
+    paths = [Path(r).resolve() for r in run_dirs]
+    names = [p.parent.name if p.name.lower() in GENERIC_FOLDER_NAMES else p.name for p in paths]
+    out, seen = [], {}
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if names.count(n) == 1 else f"{n}-{seen[n]}")
+    return out
+
+
 def find_checkpoints(run_dirs: Sequence[Union[str, os.PathLike]]) -> List[dict]:
     """Every model card under the run folders with its run, epoch and validation Dice (None when not recorded)."""
     reg = _registry()
     found = []
-    for run_dir in run_dirs:
+    for run_dir, run_name in zip(run_dirs, run_names(run_dirs)):
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise UnreadableFileError(f"training run folder {run_dir} does not exist")
@@ -255,7 +269,7 @@ def find_checkpoints(run_dirs: Sequence[Union[str, os.PathLike]]) -> List[dict]:
                 card = reg.read_card(card_path)
             except UnreadableFileError:
                 continue                                    # not a model card (run config, logs)
-            found.append({"card_path": card_path, "card": card, "run": run_dir.name,
+            found.append({"card_path": card_path, "card": card, "run": run_name,
                           "epoch": _card_epoch(card, None), "val_dice": _card_dice(card)})
     return found
 
