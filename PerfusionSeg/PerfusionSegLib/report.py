@@ -74,8 +74,11 @@ def draw_bullseye(ax, values: dict, *, cmap, norm, title: str = "", centre_value
         v = values.get(seg, float("nan"))
         ok = v is not None and np.isfinite(v)
         face = cmap(norm(v)) if ok else (0.85, 0.85, 0.85, 1.0)
-        ax.add_patch(Wedge((0, 0), r_out, t1, t2, width=r_out - r_in, facecolor=face, edgecolor="black",
-                           linewidth=1.0, hatch=None if ok else "///"))
+        if not ok:   # no data: light hatching under the outline, so the "n/a" stays readable
+            ax.add_patch(Wedge((0, 0), r_out, t1, t2, width=r_out - r_in, facecolor=face, edgecolor="0.72",
+                               linewidth=0.0, hatch="///"))
+        ax.add_patch(Wedge((0, 0), r_out, t1, t2, width=r_out - r_in, facecolor=face if ok else "none",
+                           edgecolor="black", linewidth=1.0))
         a = math.radians(segment_centre_angle(seg))
         rm = 0.5 * (r_in + r_out)
         colour = _text_colour(face) if ok else "black"
@@ -165,8 +168,11 @@ def bullseye_png(stress: SegmentStatistics, rest: Optional[SegmentStatistics] = 
     return _render_png(fig)
 
 
-def _crop_box(labels: np.ndarray, sector_map: np.ndarray, margin: float = 0.45) -> tuple:
-    mask = (sector_map > 0) | (np.asarray(labels) > 0)
+def _crop_box(labels: np.ndarray, sector_map: np.ndarray, margin: float = 0.8) -> tuple:
+    """Square crop centred on the myocardium, wide enough to show the RV beside it."""
+    mask = sector_map > 0
+    if not mask.any():
+        mask = np.asarray(labels) > 0
     if not mask.any():
         return 0, labels.shape[0], 0, labels.shape[1]
     ys, xs = np.nonzero(mask)
@@ -233,7 +239,7 @@ def slices_png(slices: Sequence[dict], *, units: str = "ml/min/g", norm=None, co
     from matplotlib.lines import Line2D
 
     n = len(slices)
-    fig = Figure(figsize=(3.4 * n + 1.2, 4.1), dpi=100, layout="constrained")
+    fig = Figure(figsize=(max(3.4 * n + 1.2, 6.4), 4.1), dpi=100, layout="constrained")
     norm = norm or _norm_for([], [slices], units)
     cmap = colormaps[MAP_CMAP]
     axes = [fig.add_subplot(1, n, i + 1) for i in range(n)]
@@ -247,7 +253,7 @@ def slices_png(slices: Sequence[dict], *, units: str = "ml/min/g", norm=None, co
     handles = [Line2D([], [], color=TERRITORY_COLORS[t], linewidth=2.5, label=t) for t in TERRITORIES]
     handles += [Line2D([], [], marker=m, color="white", markeredgecolor="black", linestyle="none", label=l)
                 for m, l in (("^", "anterior RV insertion"), ("v", "inferior RV insertion"))]
-    fig.legend(handles=handles, loc="outside lower center", ncol=5, fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncol=5 if n > 1 else 3, fontsize=8, frameon=False)
     return _render_png(fig)
 
 
@@ -380,12 +386,13 @@ def _check_slices(slices, what: str) -> list:
 def write_report(out_dir, slices: Sequence[dict] = (), stats_stress: Optional[SegmentStatistics] = None,
                  stats_rest: Optional[SegmentStatistics] = None, *, title: str = "Myocardial perfusion report",
                  units: str = "ml/min/g", rest_slices: Optional[Sequence[dict]] = None, quantity: str = "MBF",
-                 metadata: Optional[dict] = None) -> dict:
+                 metadata: Optional[dict] = None, condition: str = "") -> dict:
     """Write the report into ``out_dir`` and return ``{kind: Path}``.
 
     slices: dicts ``{level, image (Y, X) background, labels, sector_map, map (Y, X), insertion (optional
     InsertionPoints)}`` of the stress (or only) acquisition; rest_slices the same for rest. Statistics not given are
-    computed from the slices. Files: ``bullseye.png``, ``slices_stress.png`` (and ``slices_rest.png``),
+    computed from the slices. ``condition`` names the first acquisition when there is no rest ("stress", "rest";
+    empty for a map of no particular condition, filed as "map" in the JSON). Files: ``bullseye.png``, ``slices_stress.png`` (and ``slices_rest.png``),
     ``report.html`` (self-contained), ``report.json``, ``segments.csv``.
     """
     slices = _check_slices(slices, "stress")
@@ -394,7 +401,7 @@ def write_report(out_dir, slices: Sequence[dict] = (), stats_stress: Optional[Se
         if not slices:
             raise InvalidParameterError("nothing to report: give slices or stress statistics")
         stats_stress = segment_statistics([s["map"] for s in slices], [s["sector_map"] for s in slices], units=units,
-                                          condition="stress" if rest_slices else "", quantity=quantity)
+                                          condition="stress" if rest_slices else condition, quantity=quantity)
     if stats_rest is None and rest_slices:
         stats_rest = segment_statistics([s["map"] for s in rest_slices], [s["sector_map"] for s in rest_slices],
                                         units=units, condition="rest", quantity=quantity)

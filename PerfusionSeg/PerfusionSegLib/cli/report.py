@@ -26,11 +26,12 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("report", help="AHA 16-segment report (bullseye, table, slice images; HTML, PNG, JSON, CSV)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--labels", nargs="+", required=True, metavar="L", help="label maps (project codes 0-3), one per slice, basal to apical")
-    p.add_argument("--map", nargs="+", required=True, metavar="M", help="parametric maps (e.g. stress MBF), one per label map")
+    p.add_argument("--map", nargs="+", required=True, metavar="M", help="stress parametric maps (e.g. MBF), one per label map")
     p.add_argument("--rest-map", nargs="+", metavar="R", help="rest maps, one per slice (reserve = stress/rest)")
     p.add_argument("--rest-labels", nargs="+", metavar="RL", help="label maps of the rest slices (default: --labels, when the grids match)")
     p.add_argument("--background", nargs="+", metavar="B", help="background images for the slice pictures (default: the map)")
-    p.add_argument("--levels", nargs="+", choices=("basal", "mid", "apical"), help="level of each slice (default: from the order)")
+    p.add_argument("--levels", nargs="+", choices=("basal", "mid", "apical"),
+                   help="level of each slice (default: basal, mid, apical in the order given; one slice: mid)")
     p.add_argument("--anterior", nargs="+", metavar="Y,X", help="anterior RV insertion point (row,column) per slice, or 'auto'")
     p.add_argument("--label-scheme", default="auto", choices=("auto", "project", "daugs", "ml_perfusion"))
     p.add_argument("--spacing", type=float, metavar="MM", help="in-plane pixel spacing in mm, for files without it")
@@ -198,7 +199,8 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidParameterError(f"--map needs one map per label map: {n} label maps, {len(args.map)} maps")
     if n > 3 and args.levels is None:
         raise InvalidParameterError(f"{n} slices: say which level each one is with --levels")
-    levels = list(args.levels) if args.levels else assign_levels(n)
+    # without --levels: three slices are basal, mid, apical in the order given; a single slice is taken as mid
+    levels = list(args.levels) if args.levels else (["mid"] if n == 1 else assign_levels(n))
     if len(levels) != n:
         raise InvalidParameterError(f"--levels needs one level per slice ({n}), got {len(levels)}")
     if len(set(levels)) != len(levels):
@@ -224,6 +226,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidParameterError("--rest-labels given without --rest-map")
 
     paths = write_report(out, stress, rest_slices=rest or None, title=args.title, units=args.units, quantity=args.quantity,
+                         condition="stress",
                          metadata={"labels": [str(p) for p in args.labels], "maps": [str(p) for p in args.map],
                                    "rest_maps": [str(p) for p in (args.rest_map or [])],
                                    "label_notes": [s["label_note"] for s in stress + rest]})
