@@ -153,9 +153,14 @@ def load_daugs_pool(options: AnalysisOptions):
 
 def run_daugs_on(series, pool, options: AnalysisOptions):
     from PerfusionDAUGSLib.daugs import run_daugs
-    # member labels are kept so that the panel can show any member's result without running the pool again
+    from PerfusionDAUGSLib.selection import DEFAULT_SCHEDULE
+
+    # the staged search never goes finer than the U-map stride the user chose (the Lib appends that stride as the
+    # last stage, but would still run its finer default stages first); member labels are kept so that the panel
+    # can show any member's result without running the pool again
+    schedule = tuple(stage for stage in DEFAULT_SCHEDULE if int(stage[0]) >= int(options.umap_stride))
     return run_daugs(series, pool, umap_stride=options.umap_stride, seg_stride=options.seg_stride,
-                     device=options.device, keep_member_labels=True)
+                     device=options.device, keep_member_labels=True, schedule=schedule)
 
 
 def run_daugs_series(context, series, options: AnalysisOptions):
