@@ -251,3 +251,26 @@ def test_evaluate_cli_table_csv_and_errors(tmp_path, capsys):
     assert rc == 2 and "--spacing" in capsys.readouterr().err
     rc = main(["evaluate", "--pred", str(tmp_path / "ref.npy"), "--ref", str(tmp_path / "ref.npy"), "--spacing", "1.2"])
     assert rc == 0
+
+
+@needs_preprocess
+def test_segment_cli_daugs_writes_labels_umap_and_json(tmp_path, capsys):
+    import nibabel as nib
+    from PerfusionDAUGSLib.pool import save_pool
+    from PerfusionSegLib.networks import build_network
+    from PerfusionSegLib.writers import write_series
+    torch.manual_seed(0)
+    members = [{"name": f"m{i}", "network": build_network("unet2d", config="tiny"), "val_dice": 0.5 + 0.1 * i,
+                "card": {"input": {"n_frames": 30, "size": 128, "scale": 2.0, "temporal": "pchip"}}} for i in range(2)]
+    pool = save_pool(members, tmp_path / "pool")
+    series, _, _ = synthetic_series(np.random.default_rng(3), shape=(48, 44), n_frames=N_FRAMES)
+    write_series(series, tmp_path / "s.nii.gz")
+    rc = main(["segment", str(tmp_path / "s.nii.gz"), "--out", str(tmp_path / "out"), "--method", "daugs",
+               "--pool", str(pool), "--umap-stride", "16", "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    labels = nib.load(str(tmp_path / "out" / "s_labels.nii.gz"))
+    umap = nib.load(str(tmp_path / "out" / "s_umap.nii.gz"))
+    assert labels.shape[:2] == umap.shape[:2] == (44, 48)
+    assert np.isfinite(np.asarray(umap.dataobj)).all()
+    info = json.loads((tmp_path / "out" / "s_daugs.json").read_text())
+    assert info["chosen"] in ("m0", "m1") and set(info["u_pp"]) == {"m0", "m1"}
