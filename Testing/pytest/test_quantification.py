@@ -371,3 +371,20 @@ def test_cli_mbf_with_mask_and_aif_from_the_blood_pool(tmp_path, capsys):
     assert "saturates" in capsys.readouterr().err
     summary = json.loads((out / "s_mbf.json").read_text())
     assert summary["pixels"] == 24 and summary["mbf_median_ml_min_g"] == pytest.approx(2.0, rel=0.05)
+
+
+def test_rings_on_a_synthetic_heart():
+    from PerfusionSegLib.quantification.myocardial_ring import ring_from_gd, ring_from_reference_map
+
+    yy, xx = np.mgrid[:40, :40]
+    r = np.hypot(yy - 20, xx - 20)
+    ref = np.where(r < 6, 5.988, np.where(r < 11, 3.0, 0.012))
+    ring = ring_from_reference_map(ref)
+    assert ring.sum() == int(((r >= 6) & (r < 11)).sum())
+    t = np.arange(40) * 0.5
+    a = 6.0 * gamma_variate(t, 5.0, 3.0, 1.0)
+    data = np.zeros((40, 40, 40), np.float32)
+    data[:, r < 6] = a[:, None]
+    data[:, (r >= 6) & (r < 11)] = (0.2 * a)[:, None]
+    ring = ring_from_gd(SliceSeries(data, t, (1.0, 1.0), units="mmol/L"), AIF(a, t))
+    assert ring.any() and np.all((r[ring] >= 6) & (r[ring] < 11))
