@@ -23,7 +23,8 @@ from ..errors import InvalidParameterError
 from .aif import detect_foot_peak, validate_aif_curve
 from .blas_threads import single_thread_blas
 from .kinetic_fitting import (TISSUE_DENSITY_G_PER_ML, fine_convolution, levenberg_marquardt, per_second_to_ml_min_g,
-                              pad_matrix, regular_grid, resample_rows, shift_padded)
+                              lut_search, pad_matrix, regular_grid, resample_rows,
+                              shift_padded)
 
 # parameter vector: F (1/s), log tau (s), log k (1/s), t0 (s)
 LOWER = np.array([0.0, np.log(0.2), np.log(0.02), 0.0])
@@ -169,13 +170,8 @@ def _fermi_mbf(tissue: np.ndarray, aif: np.ndarray, times: np.ndarray, mask: Opt
     # look-up start: unit-flow curves for a small (tau, k, t0) grid; F by linear least squares per pixel
     combos = np.array(list(itertools.product(np.log(GRID_TAU), np.log(GRID_K), GRID_DELAY)))
     basis = model(np.column_stack([np.ones(len(combos)), combos]))      # (G, T)
-    bw = basis * weights
-    num = (y * weights) @ basis.T                                       # (N, G) y.b
-    den = (bw * basis).sum(axis=1)                                      # (G,)
-    flow0 = np.clip(num / den, 0.0, UPPER[0])
-    sse = (y ** 2 * weights).sum(axis=1)[:, None] - 2 * flow0 * num + flow0 ** 2 * den
-    best = np.argmin(sse, axis=1)
-    p0 = np.column_stack([flow0[np.arange(len(best)), best], combos[best]])
+    best, flow0 = lut_search(y, basis, amp_max=UPPER[0])          # (the window is all ones: y is cut to it)
+    p0 = np.column_stack([flow0, combos[best]])
     fd = np.array([0.0, 1e-3, 1e-3, 0.01])
     res = levenberg_marquardt(model, y, p0, LOWER, UPPER, weights=weights, fd_steps=fd, linear_index=0,
                               max_iter=max_iter, tol=tol, model_and_jacobian=model_and_jacobian,

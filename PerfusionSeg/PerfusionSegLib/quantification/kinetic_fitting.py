@@ -119,6 +119,23 @@ def shift_rows_with_derivative(curves: np.ndarray, delay_samples: np.ndarray, st
     return shift_padded(padded, delay_samples, stride, with_derivative=True)
 
 
+def lut_search(y: np.ndarray, basis: np.ndarray, *, amp_max: Optional[float] = None, chunk: int = 4096):
+    """Best look-up curve per row of y (N, T) among ``basis`` (G, T) with a free non-negative amplitude (closed form):
+    returns (index (N,), amplitude (N,)). Works in chunks of pixels so that the (N, G) score table stays small."""
+    den = np.maximum((basis.astype(np.float64) ** 2).sum(axis=1), 1e-30)
+    best = np.empty(y.shape[0], dtype=np.int64)
+    amp = np.empty(y.shape[0])
+    for start in range(0, y.shape[0], chunk):
+        yc = y[start:start + chunk]
+        num = (yc @ basis.T).astype(np.float64)                      # (n, G) y . b
+        c = np.clip(num / den, 0.0, amp_max)
+        score = -2.0 * c * num + c * c * den                         # sse minus the constant |y|^2
+        k = np.argmin(score, axis=1)
+        best[start:start + chunk] = k
+        amp[start:start + chunk] = c[np.arange(k.size), k]
+    return best, amp
+
+
 @dataclass
 class LMResult:
     params: np.ndarray        # (N, P)

@@ -16,6 +16,7 @@ from .fermi import MBFResult, fermi_mbf
 from .two_compartment import two_compartment_mbf
 
 MODELS = ("fermi", "2cxm")
+CHUNK = 8192   # pixels per 2CXM fit call
 # map names written per model (besides "mbf"): parameter key in MBFResult.params -> output map name
 MAP_KEYS = {
     "fermi": {"delay_s": "delay", "tau_s": "fermi_tau", "k_per_s": "fermi_k"},
@@ -64,7 +65,17 @@ def _fit(model: str, curves: np.ndarray, aif_curve: np.ndarray, times: np.ndarra
     if model == "fermi":
         return fermi_mbf(curves, aif_curve, times, foot=foot, peak=peak, **kwargs)
     if model == "2cxm":
-        return two_compartment_mbf(curves, aif_curve, times, hematocrit=hematocrit, **kwargs)
+        # pixels are independent: fit in chunks so the fine-grid model arrays stay a few hundred MB at most
+        parts = [two_compartment_mbf(curves[i:i + CHUNK], aif_curve, times, hematocrit=hematocrit, **kwargs)
+                 for i in range(0, curves.shape[0], CHUNK)]
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        return MBFResult(mbf=np.concatenate([r.mbf for r in parts]),
+                         params={k: np.concatenate([r.params[k] for r in parts]) for k in first.params},
+                         fitted=None, rmse=np.concatenate([r.rmse for r in parts]),
+                         converged=np.concatenate([r.converged for r in parts]), model=first.model,
+                         density_g_per_ml=first.density_g_per_ml, info=first.info)
     raise InvalidParameterError(f"model must be one of {MODELS}, got {model!r}")
 
 

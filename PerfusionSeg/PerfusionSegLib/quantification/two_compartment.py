@@ -23,8 +23,8 @@ from ..errors import InvalidParameterError
 from .aif import DEFAULT_HEMATOCRIT
 from .blas_threads import single_thread_blas
 from .fermi import MBFResult, _prepare, _to_map
-from .kinetic_fitting import (TISSUE_DENSITY_G_PER_ML, fine_convolution, levenberg_marquardt, pad_matrix,
-                              per_second_to_ml_min_g, shift_padded)
+from .kinetic_fitting import (TISSUE_DENSITY_G_PER_ML, fine_convolution, levenberg_marquardt, lut_search,
+                              pad_matrix, per_second_to_ml_min_g, shift_padded)
 
 # parameter vector: Fp (1/s), PS (1/s), vp, ve, t0 (s)
 LOWER = np.array([1e-4, 1e-5, 0.01, 0.02, 0.0])
@@ -87,12 +87,8 @@ def _two_compartment_mbf(tissue, aif, times, mask, *, hematocrit, density, max_i
     shape_params = np.column_stack([combos[:, 0] * VP_REF, combos[:, 1] * VP_REF, np.full(len(combos), VP_REF),
                                     combos[:, 2] * VP_REF, combos[:, 3]])
     basis = model_raw(shape_params)                          # (G, T)
-    num = y @ basis.T
-    den = (basis * basis).sum(axis=1)
-    c = np.clip(num / den, 0.0, None)
-    sse = (y ** 2).sum(axis=1)[:, None] - 2 * c * num + c ** 2 * den
-    best = np.argmin(sse, axis=1)
-    cb = c[np.arange(len(best)), best][:, None]
+    best, amp = lut_search(y, basis)
+    cb = amp[:, None]
     p0 = shape_params[best].copy()
     p0[:, :4] *= np.maximum(cb, 1e-6)
     p0 = np.clip(p0, LOWER, UPPER)
