@@ -1,0 +1,129 @@
+#!/usr/bin/env python
+"""Segment the labelled real series in ../shared/data with a trained model or DAUGS pool and compare with the labels.
+
+- daugs_dev (3 expert-labelled slices, external site): myocardium and blood-pool Dice of the ResUNet, of the
+  DAUGS-selected member and of the established member (best validation Dice), with QC flags.
+- ml_perfusion_subset (coarse, near-circular labels): Dice against the coarse labels, failures (crash, empty
+  myocardium, QC flags).
+These cases are a test: never select models or stop training on them.
+
+Usage: python scripts/evaluate_on_real_data.py [--pool DIR] [--model CARD] [--daugs-spacing 0.9] [--out results.json]
+       [--ml-limit N]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+
+
+def _cases(ml_limit):
+    """(dataset, name, image path, label path, reader kwargs) of every labelled real series."""
+    out = []
+    for level in ("Basal", "Mid", "Apical"):
+        out.append(("daugs_dev", level, DATA / "daugs_dev" / "Images" / f"Fig6-exD1-{level}.mat",
+                    DATA / "daugs_dev" / "Labels" / f"Fig6-exD1-{level}.mat", {"dt": 1.0}))
+    ml = sorted((DATA / "ml_perfusion_subset").glob("*_gt.nii.gz"))
+    for gt in ml[: ml_limit if ml_limit is not None else len(ml)]:
+        img = gt.with_name(gt.name.replace("_gt.nii.gz", ".nii.gz"))
+        if img.exists():
+            out.append(("ml_perfusion", img.name.replace(".nii.gz", ""), img, gt, {"dt": 1.0, "time_axis": 0}))
+    return out
+
+
+def _dice(pred, ref, code):
+    p, r = pred == code, ref == code
+    d = p.sum() + r.sum()
+    return float(2 * (p & r).sum() / d) if d else float("nan")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pool", help="DAUGS pool folder")
+    ap.add_argument("--model", help="full-image model card (ResUNet)")
+    ap.add_argument("--daugs-spacing", type=float, default=0.9,
+                    help="pixel spacing of the daugs_dev images, which do not store it (about 0.9 mm per the data README)")
+    ap.add_argument("--ml-limit", type=int, help="evaluate only the first N ml_perfusion series")
+    ap.add_argument("--fast", action="store_true", help="DAUGS staged search instead of exhaustive")
+    ap.add_argument("--out", type=Path, help="write the per-case results as JSON")
+    args = ap.parse_args(argv)
+    if not DATA.exists():
+        print(f"real data absent: {DATA}", file=sys.stderr)
+        return 2
+    from PerfusionSegLib.readers import load_labels, load_series
+
+    pool = model = None
+    if args.pool:
+        from PerfusionDAUGSLib.pool import load_pool
+        pool = load_pool(args.pool, device="cpu")
+    if args.model:
+        from PerfusionSegLib.networks.registry import load_model
+        model = load_model(args.model, device="cpu")
+    if pool is None and model is None:
+        ap.error("give --pool and/or --model")
+
+    rows = []
+    for dataset, name, img_path, lab_path, kw in _cases(args.ml_limit):
+        if dataset == "daugs_dev":
+            kw = dict(kw, spacing=args.daugs_spacing)
+        row = {"dataset": dataset, "case": name}
+        try:
+            series = load_series(img_path, **kw)
+            ref, _ = load_labels(lab_path)
+            if ref.shape != series.shape:
+                raise ValueError(f"label {ref.shape} vs image {series.shape}")
+            t0 = time.time()
+            if model is not None:
+                from PerfusionSegLib.inference import segment_series
+                res = segment_series(series, model)
+                row.update(resunet_myo=_dice(res.labels, ref, 2), resunet_bp=_dice(res.labels, ref, 1),
+                           resunet_flags=[k for k, v in (res.qc or {}).items() if v is True])
+            if pool is not None:
+                from PerfusionDAUGSLib.daugs import run_daugs
+                res = run_daugs(series, pool, fast=args.fast, device="cpu")
+                row.update(daugs_myo=_dice(res.labels, ref, 2), daugs_bp=_dice(res.labels, ref, 1),
+                           daugs_chosen=res.chosen, daugs_upp=res.upp_chosen, daugs_flags=list(res.flags or []),
+                           daugs_empty=bool((res.labels == 2).sum() == 0))
+                if res.established_labels is not None:
+                    row.update(established_myo=_dice(res.established_labels, ref, 2),
+                               established_bp=_dice(res.established_labels, ref, 1), established=res.established)
+            row["seconds"] = round(time.time() - t0, 2)
+        except Exception as exc:  # noqa: BLE001 - a crash is a measured failure here
+            row["error"] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc(limit=2)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    print("\n| dataset | case | ResUNet myo | DAUGS myo | established myo | DAUGS flags |")
+    print("|---|---|---|---|---|---|")
+    fmt = lambda v: "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"  # noqa: E731
+    for r in rows:
+        print(f"| {r['dataset']} | {r['case']} | {fmt(r.get('resunet_myo'))} | {fmt(r.get('daugs_myo'))} | "
+              f"{fmt(r.get('established_myo'))} | {', '.join(r.get('daugs_flags', [])) or r.get('error', '')} |")
+    for dataset in ("daugs_dev", "ml_perfusion"):
+        sel = [r for r in rows if r["dataset"] == dataset]
+        if not sel:
+            continue
+        summary = {k: float(np.nanmean([r.get(k, np.nan) for r in sel]))
+                   for k in ("resunet_myo", "daugs_myo", "established_myo")
+                   if any(k in r for r in sel)}
+        errors = sum("error" in r for r in sel)
+        empty = sum(bool(r.get("daugs_empty")) for r in sel)
+        flagged = sum(bool(r.get("daugs_flags")) for r in sel)
+        print(f"{dataset}: n={len(sel)} mean Dice {summary}; crashes {errors}, empty myocardium {empty}, "
+              f"QC-flagged {flagged}")
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
