@@ -40,7 +40,7 @@ def prepare_kwargs(model, **overrides) -> dict:
 
 def probabilities_to_input_grid(probs: np.ndarray, geometry) -> np.ndarray:
     """(C, S, S) network-grid probabilities -> (C, Y, X) on the input grid (linear; outside the crop: background)."""
-    out = np.stack([np.asarray(geometry.to_input_grid(p, order=1), np.float32) for p in probs])
+    out = np.asarray(geometry.to_input_grid(np.asarray(probs, np.float32), order=1), np.float32)   # (C, Y, X)
     outside = ~np.isfinite(out).all(axis=0)
     out = np.nan_to_num(out, nan=0.0)
     out[0][outside] = 1.0

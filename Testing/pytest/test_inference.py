@@ -260,7 +260,8 @@ def test_segment_cli_daugs_writes_labels_umap_and_json(tmp_path, capsys):
     from PerfusionSegLib.networks import build_network
     from PerfusionSegLib.writers import write_series
     torch.manual_seed(0)
-    members = [{"name": f"m{i}", "network": build_network("unet2d", config="tiny"), "val_dice": 0.5 + 0.1 * i,
+    members = [{"name": f"m{i}", "network": build_network("unet2d", config="tiny", features=(4, 8)),
+                "val_dice": 0.5 + 0.1 * i,
                 "card": {"input": {"n_frames": 30, "size": 128, "scale": 2.0, "temporal": "pchip"}}} for i in range(2)]
     pool = save_pool(members, tmp_path / "pool")
     series, _, _ = synthetic_series(np.random.default_rng(3), shape=(48, 44), n_frames=N_FRAMES)
