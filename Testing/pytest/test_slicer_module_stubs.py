@@ -98,4 +98,6 @@ def test_console_process_without_nodes(modules):
     # a single series is taken as the mid slice; options reach the analysis
     options = logic.analysisOptions(method="daugs", device="GPU", umapStride=4)
     assert (options.method, options.device, options.umap_stride) == ("daugs", "cuda", 4)
+    # no user folder set (settings stand-in returns the default): the extension's own Resources/Models is searched
+    assert Path(options.models_dirs[0]) == REPO / "Resources" / "Models"
     assert logic._byLevel(ph.study.slices[1]) == {"mid": ph.study.slices[1]}
