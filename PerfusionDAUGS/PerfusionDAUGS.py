@@ -139,7 +139,7 @@ class PerfusionDAUGSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.showMemberButton.enabled = self._run is not None and self.ui.memberComboBox.currentIndex >= 0
 
     def onApplyButton(self) -> None:
-        from PerfusionSegUtils.background import BackgroundTask
+        from PerfusionSegLib.background import BackgroundTask
 
         with slicer.util.tryWithErrorDisplay("Could not start DAUGS.", waitCursor=True):
             p = self._parameterNode
@@ -225,7 +225,7 @@ class PerfusionDAUGSLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def options(pool=None, umapStride=2, segStride=16, device="auto"):
         from PerfusionSegUtils import dependencies
-        from PerfusionSegUtils.analysis import AnalysisOptions
+        from PerfusionSegLib.analysis import AnalysisOptions
         return AnalysisOptions(method="daugs", device=device, pool=pool, umap_stride=int(umapStride),
                                seg_stride=int(segStride), compute_mbf=False,
                                models_dirs=tuple(dependencies.modelsDirectories(__file__)))
@@ -243,13 +243,13 @@ class PerfusionDAUGSLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def analyse(context, series, options):
         """Worker-safe: loads the pool and runs DAUGS on plain arrays (PerfusionDAUGSLib)."""
-        from PerfusionSegUtils.analysis import run_daugs_series
+        from PerfusionSegLib.analysis import run_daugs_series
         return run_daugs_series(context, series, options)
 
     # -- results -------------------------------------------------------------------------------------------------
     @staticmethod
     def memberRanking(result) -> list:
-        from PerfusionSegUtils.analysis import daugs_member_ranking
+        from PerfusionSegLib.analysis import daugs_member_ranking
         return daugs_member_ranking(result)
 
     @staticmethod
@@ -258,7 +258,7 @@ class PerfusionDAUGSLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def qcFlags(result) -> list:
-        from PerfusionSegUtils.analysis import daugs_qc_flags
+        from PerfusionSegLib.analysis import daugs_qc_flags
         return daugs_qc_flags(result)
 
     def _reference(self, input):
@@ -300,7 +300,7 @@ class PerfusionDAUGSLogic(ScriptedLoadableModuleLogic):
     def showMember(self, run, member):
         """A segmentation node of one pool member (created once per member), shown for comparison."""
         from PerfusionSegUtils import nodes
-        from PerfusionSegUtils.analysis import daugs_member_labels
+        from PerfusionSegLib.analysis import daugs_member_labels
 
         if member in run["nodes"]["members"]:
             segmentationNode = run["nodes"]["members"][member]
@@ -317,7 +317,7 @@ class PerfusionDAUGSLogic(ScriptedLoadableModuleLogic):
     def process(self, seriesNode, pool=None, umapStride=2, segStride=16, device="auto", level="mid",
                 frameInterval=None, create_nodes=True, progress=None) -> dict:
         """Synchronous run (console, tests): {"result": DAUGSResult, "input": ..., "nodes": created or None}."""
-        from PerfusionSegUtils.background import SyncContext
+        from PerfusionSegLib.background import SyncContext
 
         input = self.collectInput(seriesNode, level=level, frameInterval=frameInterval)
         options = self.options(pool=pool, umapStride=umapStride, segStride=segStride, device=device)
@@ -342,7 +342,7 @@ class PerfusionDAUGSTest(ScriptedLoadableModuleTest):
     def test_daugsOnPhantom(self):
         import numpy as np
         from PerfusionSeg import PerfusionSegLogic
-        from PerfusionSegUtils.analysis import default_pool_available
+        from PerfusionSegLib.analysis import default_pool_available
 
         logic = PerfusionDAUGSLogic()
         options = logic.options()

@@ -208,7 +208,7 @@ class PerfusionSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return {lv: getattr(p, f"{condition}{lv.capitalize()}") for lv in LEVELS}
 
     def onApplyButton(self) -> None:
-        from PerfusionSegUtils.background import BackgroundTask
+        from PerfusionSegLib.background import BackgroundTask
 
         with slicer.util.tryWithErrorDisplay("Could not start the analysis.", waitCursor=True):
             p = self._parameterNode
@@ -342,7 +342,7 @@ class PerfusionSegLogic(ScriptedLoadableModuleLogic):
 
     def analysisOptions(self, method="resunet", device="auto", computeMbf=True, model=None, pool=None,
                         umapStride=2, segStride=16, outputDirectory=None):
-        from PerfusionSegUtils.analysis import AnalysisOptions
+        from PerfusionSegLib.analysis import AnalysisOptions
         return AnalysisOptions(method=method, device=device, model=model, pool=pool,
                                models_dirs=tuple(self.modelsDirectories()), umap_stride=umapStride,
                                seg_stride=segStride, compute_mbf=computeMbf, output_dir=outputDirectory)
@@ -386,7 +386,7 @@ class PerfusionSegLogic(ScriptedLoadableModuleLogic):
     # -- computation (worker-safe: no MRML) ----------------------------------------------------------------------
     @staticmethod
     def analyse(context, studies, options, labelsOverride=None):
-        from PerfusionSegUtils.analysis import analyse_studies
+        from PerfusionSegLib.analysis import analyse_studies
         return analyse_studies(context, studies, options, labels_override=labelsOverride)
 
     # -- outputs (main thread) -----------------------------------------------------------------------------------
@@ -451,7 +451,7 @@ class PerfusionSegLogic(ScriptedLoadableModuleLogic):
         """Run everything synchronously (console scripting, tests). stress/rest: {level: node or SliceSeries}, a list
         ordered basal to apical, or one node. Returns {"analysis": AnalysisResult (plain arrays and numbers),
         "nodes": created nodes or None}."""
-        from PerfusionSegUtils.background import SyncContext
+        from PerfusionSegLib.background import SyncContext
 
         prepared = self.collectInputs(stress=stress, rest=rest, stressAif=stressAif, restAif=restAif,
                                       frameInterval=frameInterval)

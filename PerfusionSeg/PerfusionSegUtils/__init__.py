@@ -2,6 +2,6 @@
 
 - ``nodes``: MRML node <-> numpy / SliceSeries conversion and result-node creation (needs Slicer).
 - ``dependencies``: torch through the PyTorch extension, pip packages on first use, model folders (needs Slicer).
-- ``background``: worker thread + polling (no Slicer import; tested with pytest).
-- ``analysis``: the sequence of Lib calls a panel runs on the worker (no Slicer import; tested with pytest).
+The analysis sequence and the worker thread live in the Lib (``PerfusionSegLib.analysis``, ``PerfusionSegLib.background``):
+they import no Slicer module and the command line uses them too.
 """

@@ -1,4 +1,4 @@
-"""The PerfusionSeg panel's analysis sequence (PerfusionSegUtils.analysis) on the phantom, without Slicer.
+"""The PerfusionSeg panel's analysis sequence (PerfusionSegLib.analysis) on the phantom, without Slicer.
 
 The truth contours stand in for the network (labels_override), so this checks the order of Lib calls and what the
 panel receives: sectors, MBF maps, the 16-segment table with reserve, the bullseye, progress and cancellation.
@@ -13,8 +13,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "PerfusionSeg"))
 from PerfusionSegLib.errors import InvalidParameterError, UnreadableFileError  # noqa: E402
-from PerfusionSegUtils.analysis import AnalysisOptions, analyse_studies  # noqa: E402
-from PerfusionSegUtils.background import Cancelled, SyncContext  # noqa: E402
+from PerfusionSegLib.analysis import AnalysisOptions, analyse_studies  # noqa: E402
+from PerfusionSegLib.background import Cancelled, SyncContext  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_daugs_panel_helpers_on_a_tiny_untrained_pool(tmp_path):
     from PerfusionDAUGSLib.pool import save_pool
     from PerfusionSegLib.networks.unet import build_unet
     from PerfusionSegLib.phantom import generate_study
-    from PerfusionSegUtils.analysis import (daugs_member_labels, daugs_member_ranking, daugs_qc_flags,
+    from PerfusionSegLib.analysis import (daugs_member_labels, daugs_member_ranking, daugs_qc_flags,
                                             default_pool_available, run_daugs_series)
 
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""The worker-thread mechanism of the Slicer panels (PerfusionSegUtils.background): no Slicer needed."""
+"""The worker-thread mechanism of the Slicer panels (PerfusionSegLib.background): no Slicer needed."""
 from __future__ import annotations
 
 import sys
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "PerfusionSeg"))
-from PerfusionSegUtils.background import BackgroundTask, Cancelled, SyncContext  # noqa: E402
+from PerfusionSegLib.background import BackgroundTask, Cancelled, SyncContext  # noqa: E402
 
 
 def _poll_until_done(task, limit_s=10.0):

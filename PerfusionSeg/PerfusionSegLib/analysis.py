@@ -1,4 +1,4 @@
-"""The sequence of Lib calls behind the PerfusionSeg panel, on plain arrays (no Slicer import: runs on the worker).
+"""Whole-study analysis on plain arrays: the sequence behind the PerfusionSeg panel and `perfusion demo`.
 
 segment (ResUNet model or DAUGS pool) -> RV insertion points -> AHA sectors -> [Gd] -> AIF -> pixel-wise MBF ->
 16-segment table (stress, rest, reserve) -> bullseye PNG. Each step is one Lib call; this module only orders them,
@@ -15,12 +15,10 @@ from typing import Optional
 
 import numpy as np
 
+from .aha import TERRITORY_OF_SEGMENT as TERRITORY
 from .background import SyncContext
 
 AHA_SEGMENTS = tuple(range(1, 17))
-TERRITORY = {s: "LAD" for s in (1, 2, 7, 8, 13, 14)}
-TERRITORY.update({s: "RCA" for s in (3, 4, 9, 10, 15)})
-TERRITORY.update({s: "LCX" for s in (5, 6, 11, 12, 16)})
 LV_BLOOD, LV_MYO = 1, 2
 
 
