@@ -174,7 +174,7 @@ def picture(cases, preds, scores, path):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--minutes", type=float, default=30.0, help="training wall-clock budget (includes data generation)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (the generator worker takes another core)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (the generator worker needs ~10%% of a core)")
     ap.add_argument("--workers", type=int, default=1, help="background processes generating phantom slices (0: inline)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)

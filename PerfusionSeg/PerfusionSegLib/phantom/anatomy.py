@@ -82,8 +82,9 @@ def sample_anatomy(rng: np.random.Generator, level: str, *, rotation_sd_deg: flo
         heart["lvot"] = {"angle_deg": heart["rv_angle_deg"] + _u(rng, 20, 45), "width_deg": _u(rng, 35, 65),
                          "root_radius_mm": _u(rng, 10, 14)}
     body = {
-        "centre_mm": [float(rng.normal(-35, 12)), float(rng.normal(22, 8))],
-        "semi_axes_mm": [_u(rng, 140, 185), _u(rng, 95, 130)],
+        # the oblique short-axis plane cuts the torso long: 350-480 mm wide, more than most fields of view
+        "centre_mm": [float(rng.normal(-35, 12)), 0.0],
+        "semi_axes_mm": [_u(rng, 175, 240), _u(rng, 115, 160)],
         "subcut_fat_mm": _u(rng, 4, 25),
         "muscle_mm": _u(rng, 8, 18),
         "anterior_muscle_mm": _u(rng, 4, 22),
@@ -100,13 +101,20 @@ def sample_anatomy(rng: np.random.Generator, level: str, *, rotation_sd_deg: flo
                     "semi_axes_mm": [_u(rng, 25, 45), _u(rng, 18, 30)], "wall_mm": _u(rng, 3, 6)} if rng.random() < 0.8 else None,
         "spleen": {"centre_mm": [float(rng.normal(125, 12)), float(rng.normal(60, 12))],
                    "semi_axes_mm": [_u(rng, 18, 30), _u(rng, 25, 40)]} if rng.random() < 0.5 else None,
-        "spine_mm": [float(rng.normal(45, 12)), float(rng.normal(112, 8))],
+        "spine_mm": [float(rng.normal(45, 12)), 0.0],
         "spine_radius_mm": _u(rng, 13, 18),
         "aorta_offset_mm": [float(rng.normal(-24, 5)), float(rng.normal(-20, 5))],
         "aorta_radius_mm": _u(rng, 9, 13),
         "lung_vessels": [[_u(rng, -170, 180), _u(rng, -120, 110), float(np.exp(rng.uniform(np.log(0.6), np.log(3.5)))),
                           int(rng.integers(0, 2))] for _ in range(int(rng.integers(60, 170)))],
     }
+    # place the chest wall just in front of the RV (retrosternal gap 0-25 mm) and the spine near the back
+    (bx, _), (ba, bb) = body["centre_mm"], body["semi_axes_mm"]
+    m = body["subcut_fat_mm"] + body["muscle_mm"]
+    front = heart["r_endo_mm"] + heart["wall_mm"] + heart["rv_depth_mm"] + heart["rv_wall_mm"] + heart["pericardium_mm"]
+    by = -(front + _u(rng, 0.0, 25.0)) + bb - m - body["anterior_muscle_mm"]
+    body["centre_mm"][1] = float(by)
+    body["spine_mm"][1] = float(by + bb - m - body["spine_radius_mm"] - _u(rng, 15, 35))
     warp = [[_u(rng, 0.5, 3.5), _u(rng, 70, 220), _u(rng, 0, 360), _u(rng, 0, 360), int(rng.integers(0, 2))] for _ in range(4)]
     pose = {"rotation_deg": float(rng.normal(0, rotation_sd_deg)), "mirror": bool(allow_mirror and rng.random() < 0.5)}
     return {"heart": heart, "body": body, "warp": warp, "pose": pose}
