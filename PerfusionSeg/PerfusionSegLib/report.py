@@ -103,6 +103,9 @@ def draw_bullseye(ax, values: dict, *, cmap, norm, title: str = "", centre_value
         ax.set_title(title, fontsize=11)
 
 
+MBF_DISPLAY_MAX = 6.0
+
+
 def _norm_for(stats_list: Sequence[SegmentStatistics], slices_list: Sequence[Sequence[dict]], units: str):
     from matplotlib.colors import Normalize
 
@@ -120,7 +123,9 @@ def _norm_for(stats_list: Sequence[SegmentStatistics], slices_list: Sequence[Seq
         return Normalize(0.0, 1.0)
     hi, lo = max(vals), min(vals)
     if units == "ml/min/g":
-        return Normalize(0.0, max(1.0, math.ceil(hi * 2.0) / 2.0))   # from zero, to the next 0.5
+        # from zero to the next 0.5, at most 6 ml/min/g (the display range of QPerf/Gadgetron flow maps): pixels where
+        # the fit ran to its bound (partial volume with blood) must not squash the myocardial colours
+        return Normalize(0.0, min(MBF_DISPLAY_MAX, max(1.0, math.ceil(hi * 2.0) / 2.0)))
     if lo == hi:
         hi = lo + 1.0
     return Normalize(min(0.0, lo), hi)
