@@ -208,3 +208,17 @@ def test_randomised_draws_are_all_valid():
     for _ in range(6):
         x, lab = generate_training_slice(rng, "randomised", size=64)
         assert np.isfinite(x).all() and x.max() <= 1.0 and lab.shape == (64, 64)
+
+
+def test_wall_thickness_and_cavity_sizes_in_range():
+    from PerfusionSegLib.phantom import anatomy as A
+    rng = np.random.default_rng(0)
+    theta = np.linspace(0, 360, 720, endpoint=False, dtype=np.float32)
+    for level in ("basal", "mid", "apical"):
+        for _ in range(40):
+            heart = A.sample_anatomy(rng, level)["heart"]
+            r = A.heart_radii(heart, theta)
+            wall = r["r_epi"] - r["r_endo"]
+            assert 5.0 - 1e-4 <= wall.min() and wall.max() <= 22.0 + 1e-4
+            assert r["r_endo"].min() > 4.0
+            assert r["rv_depth"].max() > 0   # every slice has an RV cavity (insertion points exist)

@@ -31,6 +31,9 @@ TISSUE_LABEL[T["lv_myo"]] = 2
 TISSUE_LABEL[[T["rv_blood"], T["rv_blood_mix"]]] = 3
 
 
+WALL_MM = (5.0, 22.0)   # LV wall thickness limits (thinned scar to hypertrophy)
+
+
 def _u(rng, lo, hi):
     return float(rng.uniform(lo, hi))
 
@@ -69,7 +72,7 @@ def sample_anatomy(rng: np.random.Generator, level: str, *, rotation_sd_deg: flo
         "mixing_threshold": _u(rng, 0.3, 1.5),
     }
     if rng.random() < 0.15:  # regional thinning (old infarct): a Gaussian dip in wall thickness
-        heart["thinning"] = {"angle_deg": _u(rng, 0, 360), "width_deg": _u(rng, 25, 70), "min_mm": _u(rng, 4.0, 6.0)}
+        heart["thinning"] = {"angle_deg": _u(rng, 0, 360), "width_deg": _u(rng, 25, 70), "min_mm": _u(rng, 5.0, 6.0)}
     n_pap = {"basal": int(rng.integers(0, 3)), "mid": 2, "apical": int(rng.integers(0, 3))}[level]
     pap_r = {"basal": (2.0, 4.0), "mid": (3.0, 6.5), "apical": (1.5, 3.0)}[level]
     for angle in (300.0, 110.0)[:n_pap]:
@@ -166,6 +169,7 @@ def heart_radii(heart: dict, theta_deg: np.ndarray) -> dict:
         t = heart["thinning"]
         g = np.exp(-0.5 * (_angdiff(theta_deg, t["angle_deg"]) / (t["width_deg"] / 2.355)) ** 2)
         wall = wall - g * np.maximum(wall - t["min_mm"], 0.0)
+    wall = np.clip(wall, WALL_MM[0], WALL_MM[1])
     r_epi = r_endo + wall
     u = _angdiff(theta_deg, heart["rv_angle_deg"]) / heart["rv_half_span_deg"]
     u_sk = np.clip(u + heart["rv_skew"] * (1 - u ** 2), -1, 1)
