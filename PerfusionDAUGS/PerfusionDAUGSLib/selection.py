@@ -181,38 +181,52 @@ class PoolEvaluator:
     def advance(self, member_indices: Sequence[int], stride: int,
                 image_indices: Optional[Sequence[int]] = None) -> None:
         """Run members on every window of stride ``stride`` (U-map) they have not seen yet, plus any segmentation
-        window (stride ``seg_stride``) still missing. Patches are extracted once per batch for all members."""
-        member_indices = list(member_indices)
-        image_indices = range(len(self.images)) if image_indices is None else list(image_indices)
-        for i_img in image_indices:
-            im = self.images[i_img]
-            grid = {tuple(o) for o in make_grid(im.shape[1:], self.patch, stride).offsets.tolist()}
-            todo = {}
+        window (stride ``seg_stride``) still missing, on the given images (default all)."""
+        images = list(range(len(self.images))) if image_indices is None else list(image_indices)
+        self.advance_pairs({int(m): images for m in member_indices}, stride)
+
+    def advance_pairs(self, pairs: Dict[int, Sequence[int]], stride: int) -> None:
+        """:meth:`advance` for member -> images pairs. Windows of all images share batches; each batch of patches
+        is extracted once and fed to every member that needs it."""
+        member_indices = [m for m in pairs if len(pairs[m])]
+        image_indices = sorted({i for m in member_indices for i in pairs[m]})
+        grids = {i: {tuple(o) for o in make_grid(self.images[i].shape[1:], self.patch, stride).offsets.tolist()}
+                 for i in image_indices}
+        todo = {}
+        for m in member_indices:
+            todo[m] = set()
+            for i in pairs[m]:
+                st = self.states[m][i]
+                todo[m].update((i,) + o for o in (grids[i] - st.umap_done) | st.seg_needed)
+        union = sorted(set().union(*todo.values()))              # image-major: one extraction per image and batch
+        for start in range(0, len(union), self.batch_size):
+            chunk = union[start:start + self.batch_size]
+            parts = []
+            for i in sorted({it[0] for it in chunk}):
+                offs = np.asarray([it[1:] for it in chunk if it[0] == i], np.int64)
+                parts.append(extract_patches(self.images[i], offs, (self.patch, self.patch)))
+            patches = torch.cat(parts) if len(parts) > 1 else parts[0]
             for m in member_indices:
-                st = self.states[m][i_img]
-                todo[m] = (grid - st.umap_done) | st.seg_needed
-            union = sorted(set().union(*todo.values()))
-            for start in range(0, len(union), self.batch_size):
-                chunk = union[start:start + self.batch_size]
-                patches = extract_patches(im, np.asarray(chunk, np.int64), (self.patch, self.patch))
-                for m in member_indices:
-                    st = self.states[m][i_img]
-                    rows = [j for j, o in enumerate(chunk) if o in todo[m]]
-                    if not rows:
-                        continue
-                    probs = self.predictors[m](patches if len(rows) == len(chunk) else patches[rows])
-                    self.n_forwards += len(rows)
-                    offs = [chunk[j] for j in rows]
-                    u_rows = [r for r, o in enumerate(offs) if o in grid and o not in st.umap_done]
+                rows = [j for j, it in enumerate(chunk) if it in todo[m]]
+                if not rows:
+                    continue
+                probs = self.predictors[m](patches if len(rows) == len(chunk) else patches[rows])
+                self.n_forwards += len(rows)
+                items = [chunk[j] for j in rows]
+                for i in sorted({it[0] for it in items}):
+                    st = self.states[m][i]
+                    u_rows = [r for r, it in enumerate(items) if it[0] == i and it[1:] in grids[i]
+                              and it[1:] not in st.umap_done]
                     if u_rows:
-                        st.umap.add(probs[u_rows][None, :, self.myo], np.asarray([offs[r] for r in u_rows]))
-                        st.umap_done.update(offs[r] for r in u_rows)
-                    s_rows = [r for r, o in enumerate(offs) if o in st.seg_needed]
+                        st.umap.add(probs[u_rows][None, :, self.myo], np.asarray([items[r][1:] for r in u_rows]))
+                        st.umap_done.update(items[r][1:] for r in u_rows)
+                    s_rows = [r for r, it in enumerate(items) if it[0] == i and it[1:] in st.seg_needed]
                     if s_rows:
-                        st.seg.add(probs[s_rows].permute(1, 0, 2, 3), np.asarray([offs[r] for r in s_rows]))
-                        st.seg_needed.difference_update(offs[r] for r in s_rows)
-            for m in member_indices:
-                st = self.states[m][i_img]
+                        st.seg.add(probs[s_rows].permute(1, 0, 2, 3), np.asarray([items[r][1:] for r in s_rows]))
+                        st.seg_needed.difference_update(items[r][1:] for r in s_rows)
+        for m in member_indices:
+            for i in pairs[m]:
+                st = self.states[m][i]
                 st.stride_reached = int(stride) if st.stride_reached is None else min(st.stride_reached, int(stride))
 
     def evaluation(self, m: int, i_img: int, threshold: float = 0.5) -> MemberEvaluation:
@@ -262,22 +276,26 @@ def select_members(pool_or_members, images: Sequence[np.ndarray], *, umap_stride
         stages = [(int(s), int(k), float(tol)) for s, k, tol in schedule]
         if not stages or stages[-1][0] != int(umap_stride):
             stages.append((int(umap_stride), 1, 0.0))
-        # stage 1 for every member and image at once (largest batches); later stages per image
+        # stage 1: every member on every image at the segmentation stride, all in shared batches
         ev.advance(all_idx, seg_stride)
-        for i_img in range(len(ev.images)):
-            evals = {ev.names[m]: ev.evaluation(m, i_img) for m in all_idx}
-            candidates = list(ev.names)
-            for stride, max_members, tol in stages:
-                ranked = _rank(evals, candidates)
-                best = evals[ranked[0]].upp
-                keep = [n for n in ranked[:max(1, max_members)]
-                        if n == ranked[0] or (math.isfinite(best) and evals[n].upp <= best * (1.0 + tol))]
-                idx = [ev.names.index(n) for n in keep]
-                ev.advance(idx, stride, [i_img])
-                for m in idx:
-                    evals[ev.names[m]] = ev.evaluation(m, i_img)
-                candidates = keep
-            results.append(_result(evals, ev.names, est, "fast", ev, final=candidates))
+        n_img = len(ev.images)
+        evals = [{ev.names[m]: ev.evaluation(m, i) for m in all_idx} for i in range(n_img)]
+        candidates = [list(ev.names) for _ in range(n_img)]
+        for stride, max_members, tol in stages:
+            pairs: Dict[int, List[int]] = {}
+            for i in range(n_img):
+                ranked = _rank(evals[i], candidates[i])
+                best = evals[i][ranked[0]].upp
+                candidates[i] = [n for n in ranked[:max(1, max_members)]
+                                 if n == ranked[0] or (math.isfinite(best) and evals[i][n].upp <= best * (1.0 + tol))]
+                for n in candidates[i]:
+                    pairs.setdefault(ev.names.index(n), []).append(i)
+            ev.advance_pairs(pairs, stride)
+            for m, imgs in pairs.items():
+                for i in imgs:
+                    evals[i][ev.names[m]] = ev.evaluation(m, i)
+        for i in range(n_img):
+            results.append(_result(evals[i], ev.names, est, "fast", ev, final=candidates[i]))
     seconds = time.perf_counter() - t0
     for r in results:
         r.seconds = seconds / len(results)

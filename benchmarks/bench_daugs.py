@@ -1,0 +1,326 @@
+"""DAUGS benchmark: pool selection time for a 3-slice study and agreement of the fast path with exhaustive search.
+
+    /work/venv/bin/python benchmarks/bench_daugs.py                 # full run (tens of minutes on 2 busy cores)
+    /work/venv/bin/python benchmarks/bench_daugs.py --quick         # smoke run (few series, small pool)
+
+Members are UNet2D (PerfusionSegLib.networks) trained here for a few hundred steps on phantom slices
+(``phantom.generate_training_slice``, DAUGS-like 128x128 x 30 frames in [0, 1]), then checkpoints x weight perturbations
+of increasing size, so the pool holds members of differing quality and near-ties (small perturbations):
+
+* agreement: ``--agree-config`` (default "tiny") pool of ``--members`` on ``--n-series`` phantom series never used for
+  training; exhaustive (every member at stride 2) vs fast (staged) search, fp32 and bf16;
+* timing: ``--timing-config`` (default "default", 0.49 M parameters) pool of ``--members`` on a 3-slice study, fast
+  path fp32 and bf16; per-patch forward cost of each configuration (incl. "daugs2024", 1.94 M) to state what the
+  exhaustive search and other widths would cost (patch forwards x measured cost, labelled "estimate").
+
+Trained weights are cached in ``--cache`` (default /tmp/daugs_bench_cache) so a rerun skips training.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from PerfusionDAUGSLib.selection import select_members
+from PerfusionDAUGSLib.umap import labels_from_probabilities
+from PerfusionSegLib.networks.unet import build_unet
+from PerfusionSegLib.phantom.generator import generate_training_slice
+
+PERTURBATION_LEVELS = (0.0, 0.02, 0.04, 0.06, 0.08, 0.10, 0.13, 0.16, 0.20, 0.25)
+
+
+def machine() -> str:
+    cpu = platform.processor() or ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{platform.machine()} {cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+
+
+def load() -> str:
+    return " ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+def phantom_set(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    out = [generate_training_slice(rng, "randomised", n_frames=30) for _ in range(n)]
+    return np.stack([x for x, _ in out]).astype(np.float32), np.stack([y for _, y in out]).astype(np.int64)
+
+
+def train_checkpoints(config: str, steps: int, checkpoints, bank, seed: int, cache: Path, batch: int = 24):
+    """State dicts of one UNet2D at the given step counts (cached)."""
+    path = cache / f"{config}_s{steps}_seed{seed}.pt"
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    torch.manual_seed(seed)
+    gen = np.random.default_rng(seed)
+    net = build_unet(config)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    images, labels = torch.from_numpy(bank[0]), torch.from_numpy(bank[1])
+    saved = {}
+    t0 = time.perf_counter()
+    for step in range(1, steps + 1):
+        idx = gen.integers(0, images.shape[0], batch)
+        oy, ox = gen.integers(0, 65, batch), gen.integers(0, 65, batch)
+        x = torch.stack([images[i, :, y:y + 64, xx:xx + 64] for i, y, xx in zip(idx, oy, ox)])
+        y = torch.stack([labels[i, y:y + 64, xx:xx + 64] for i, y, xx in zip(idx, oy, ox)])
+        if gen.random() < 0.5:
+            x, y = x.flip(-1), y.flip(-1)
+        net.train()
+        loss = F.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step in checkpoints:
+            saved[step] = copy.deepcopy(net.state_dict())
+            print(f"  trained {config} to step {step}: loss {loss.item():.3f} ({time.perf_counter() - t0:.0f} s)",
+                  file=sys.stderr)
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save(saved, path)
+    return saved
+
+
+def make_pool(config: str, saved: dict, n_members: int, seed: int):
+    """Checkpoints x perturbation levels -> (name, network) members, network eval + channels-last."""
+    members = []
+    rng = torch.Generator().manual_seed(seed)
+    for level in PERTURBATION_LEVELS:
+        for step, state in sorted(saved.items()):
+            net = build_unet(config)
+            net.load_state_dict(state)
+            with torch.no_grad():
+                for name, p in net.named_parameters():
+                    if p.ndim == 4 and level > 0:
+                        p.add_(torch.randn(p.shape, generator=rng) * p.std() * level)
+            net.eval().to(memory_format=torch.channels_last)
+            members.append((f"s{step}_p{int(level * 100):02d}", net))
+            if len(members) == n_members:
+                return members
+    return members
+
+
+def myo_dice(pred: np.ndarray, ref: np.ndarray) -> float:
+    p, r = pred == 2, ref == 2
+    s = p.sum() + r.sum()
+    return float(2 * (p & r).sum() / s) if s else 1.0
+
+
+def validation_dice(members, images, labels):
+    """Myocardium Dice of each member on validation slices (segmentation stride 16) -> established = best."""
+    from PerfusionDAUGSLib.selection import PoolEvaluator
+
+    ev = PoolEvaluator(members, list(images))
+    ev.advance(range(len(members)), 16)
+    return {ev.names[m]: float(np.mean([myo_dice(ev.evaluation(m, i).labels, labels[i])
+                                         for i in range(len(images))])) for m in range(len(members))}
+
+
+def per_patch_ms(config: str, bf16: bool, batch: int = 64, repeats: int = 3) -> float:
+    net = build_unet(config).eval().to(memory_format=torch.channels_last)
+    x = torch.rand(batch, 30, 64, 64).contiguous(memory_format=torch.channels_last)
+    best = float("inf")
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        net(x[:8])
+        for _ in range(repeats):
+            t = time.perf_counter()
+            net(x).float().softmax(1)
+            best = min(best, time.perf_counter() - t)
+    return 1000 * best / batch
+
+
+STRIDES = (16, 8, 4, 2)
+SCHEDULES = {
+    "default ((4,4,25%),(2,2,5%))": ((4, 4, 0.25), (2, 2, 0.05)),
+    "((8,4,25%),(2,2,5%))": ((8, 4, 0.25), (2, 2, 0.05)),
+    "((4,4,50%),(2,2,10%))": ((4, 4, 0.50), (2, 2, 0.10)),
+    "16 then top-1 at 2": ((2, 1, 0.0),),
+    "16 then top-2 at 2": ((2, 2, 1e9),),
+    "16 then top-3 at 2": ((2, 3, 1e9),),
+}
+NEW_PATCHES = {16: 25, 8: 81 - 25, 4: 289 - 81, 2: 1089 - 289}     # windows a stride adds to the finer ones
+
+
+def rank(upp: dict, utot: dict, names, order):
+    return sorted(names, key=lambda n: (upp[n], utot[n], order[n]))
+
+
+def simulate_fast(rec: dict, schedule) -> tuple:
+    """The fast path's choice and patch forwards from U_pp/U_tot per stride of every member (same rules as
+    selection.select_members: the best <= k within (1 + tol) of the best go on; ties by U_tot, then pool order)."""
+    names = rec["names"]
+    order = {n: i for i, n in enumerate(names)}
+    cur_upp, cur_utot = dict(rec["upp"]["16"]), dict(rec["utot"]["16"])
+    seen = {n: {16} for n in names}
+    candidates = list(names)
+    for stride, k, tol in schedule:
+        ranked = rank(cur_upp, cur_utot, candidates, order)
+        best = cur_upp[ranked[0]]
+        candidates = [n for n in ranked[:max(1, k)]
+                      if n == ranked[0] or (np.isfinite(best) and cur_upp[n] <= best * (1 + tol))]
+        for n in candidates:
+            for s_ in STRIDES:
+                if s_ >= stride:
+                    seen[n].add(s_)
+            cur_upp[n], cur_utot[n] = rec["upp"][str(stride)][n], rec["utot"][str(stride)][n]
+    chosen = rank(cur_upp, cur_utot, candidates, order)[0]
+    forwards = sum(NEW_PATCHES[s_] for n in names for s_ in seen[n])
+    return chosen, forwards
+
+
+def record_series(pool, image, truth, established) -> dict:
+    """Every member at strides 16 -> 8 -> 4 -> 2 (incremental: 1089 patch forwards per member in all)."""
+    from PerfusionDAUGSLib.selection import PoolEvaluator
+
+    ev = PoolEvaluator(pool, [image])
+    rec = {"names": list(ev.names), "upp": {}, "utot": {}, "established": established}
+    t0 = time.perf_counter()
+    for stride in STRIDES:
+        ev.advance(range(len(ev.names)), stride)
+        evs = [ev.evaluation(m, 0) for m in range(len(ev.names))]
+        rec["upp"][str(stride)] = {e.member: e.upp for e in evs}
+        rec["utot"][str(stride)] = {e.member: e.utot for e in evs}
+    rec["dice"] = {e.member: myo_dice(e.labels, truth) for e in evs}
+    rec["seconds_exhaustive"] = time.perf_counter() - t0
+    rec["forwards_exhaustive"] = ev.n_forwards
+    order = {n: i for i, n in enumerate(ev.names)}
+    rec["exhaustive"] = rank(rec["upp"]["2"], rec["utot"]["2"], ev.names, order)[0]
+    return rec
+
+
+def summarise(records, established, vd, args) -> None:
+    n = len(records)
+    print()
+    print(f"## Agreement: UNet2D '{args.agree_config}' pool of {len(records[0]['names'])} members "
+          f"(checkpoints x weight perturbations {PERTURBATION_LEVELS}), {n} phantom series never trained on; "
+          f"established = {established} (validation myocardium Dice {vd[established]:.3f})")
+    print("Exhaustive: every member at stride 2. Fast: the staged search, replayed from the same per-stride U_pp "
+          "(checked against real select_members runs below).")
+    print("| search | same member as exhaustive | mean U_pp regret | mean myocardium Dice of the choice | "
+          "patch forwards/series |")
+    print("|---|---|---|---|---|")
+    ex_d = np.mean([r["dice"][r["exhaustive"]] for r in records])
+    print(f"| exhaustive (stride 2, all members) | {n}/{n} | 0 | {ex_d:.3f} | {records[0]['forwards_exhaustive']} |")
+    for label, sched in SCHEDULES.items():
+        agree, regrets, dices, fw = 0, [], [], []
+        for r in records:
+            chosen, forwards = simulate_fast(r, sched)
+            agree += chosen == r["exhaustive"]
+            u2 = r["upp"]["2"]
+            regrets.append((u2[chosen] - u2[r["exhaustive"]]) / u2[r["exhaustive"]] if u2[r["exhaustive"]] > 0 else 0)
+            dices.append(r["dice"][chosen])
+            fw.append(forwards)
+        print(f"| fast {label} | {agree}/{n} ({100 * agree / n:.0f}%) | {100 * np.mean(regrets):.2f}% | "
+              f"{np.mean(dices):.3f} | {np.mean(fw):.0f} |")
+    print(f"| established | | | {np.mean([r['dice'][established] for r in records]):.3f} | |")
+    print(f"| best member per series (oracle, by Dice) | | | {np.mean([max(r['dice'].values()) for r in records]):.3f} | |")
+    if any("real_fast" in r for r in records):
+        chk = [r for r in records if "real_fast" in r]
+        same = sum(r["real_fast"] == simulate_fast(r, SCHEDULES["default ((4,4,25%),(2,2,5%))"])[0] for r in chk)
+        same_b = sum(r["real_fast_bf16"] == r["exhaustive"] for r in chk)
+        print(f"\nreal select_members(fast=True) on {len(chk)} series: same member as the replay in {same}/{len(chk)}; "
+              f"fast bf16 picks the exhaustive fp32 member in {same_b}/{len(chk)}; "
+              f"real fast fp32 {np.mean([r['real_fast_seconds'] for r in chk]):.1f} s/series, "
+              f"exhaustive {np.mean([r['seconds_exhaustive'] for r in chk]):.1f} s/series (same loaded machine)")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--members", type=int, default=50)
+    ap.add_argument("--n-series", type=int, default=20)
+    ap.add_argument("--n-real-checks", type=int, default=3)
+    ap.add_argument("--agree-config", default="tiny")
+    ap.add_argument("--timing-config", default="default")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--cache", default="/tmp/daugs_bench_cache")
+    ap.add_argument("--log", default=None, help="JSON lines of per-series records (appended; reused on rerun)")
+    ap.add_argument("--skip-agreement", action="store_true")
+    ap.add_argument("--skip-timing", action="store_true")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.members, args.n_series, args.steps, args.n_real_checks = 10, 3, 60, 1
+    import json
+
+    cache = Path(args.cache)
+    log = Path(args.log) if args.log else cache / f"agreement_{args.agree_config}_{args.members}.jsonl"
+    checkpoints = sorted({max(1, args.steps * k // 5) for k in (1, 2, 3, 4, 5)})
+    print(f"machine: {machine()}", flush=True)
+    print(f"load average at start: {load()} (the 2 cores are shared with other jobs: wall times include waiting)")
+
+    t0 = time.perf_counter()
+    train = phantom_set(24 if args.quick else 64, seed=1)
+    val_x, val_y = phantom_set(4 if args.quick else 8, seed=2)
+    print(f"phantom slices generated in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+
+    if not args.skip_agreement:
+        saved = train_checkpoints(args.agree_config, args.steps, checkpoints, train, seed=11, cache=cache)
+        pool = make_pool(args.agree_config, saved, args.members, seed=5)
+        vd = validation_dice(pool, val_x, val_y)
+        established = max(vd, key=vd.get)
+        test_x, test_y = phantom_set(args.n_series, seed=3)
+        records = []
+        if log.is_file():
+            records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+            records = [r for r in records if r["names"] == [n for n, _ in pool]][: args.n_series]
+        for i in range(len(records), args.n_series):
+            rec = record_series(pool, test_x[i], test_y[i], established)
+            rec["series"] = i
+            if i < args.n_real_checks:
+                t = time.perf_counter()
+                rec["real_fast"] = select_members(pool, [test_x[i]], fast=True, established=established)[0].chosen
+                rec["real_fast_seconds"] = time.perf_counter() - t
+                rec["real_fast_bf16"] = select_members(pool, [test_x[i]], fast=True, bf16=True,
+                                                       established=established)[0].chosen
+            records.append(rec)
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "a") as f:
+                f.write(json.dumps(rec, default=float) + "\n")
+            print(f"  series {i}: exhaustive {rec['exhaustive']} ({rec['seconds_exhaustive']:.0f} s) "
+                  f"load {load()}", file=sys.stderr, flush=True)
+        summarise(records, established, vd, args)
+
+    if not args.skip_timing:
+        saved_t = train_checkpoints(args.timing_config, args.steps, checkpoints, train, seed=21, cache=cache)
+        pool_t = make_pool(args.timing_config, saved_t, args.members, seed=7)
+        study_x, _ = phantom_set(3, seed=4)
+        print()
+        print(f"## Timing: 3-slice study, UNet2D '{args.timing_config}' pool of {len(pool_t)} members, U-map stride 2, "
+              f"segmentation stride 16 (load average now {load()})")
+        print("| search | precision | wall s/study | patch forwards/study | chosen (basal, mid, apical) |")
+        print("|---|---|---|---|---|")
+        for bf16 in (False, True):
+            t = time.perf_counter()
+            r = select_members(pool_t, list(study_x), fast=True, bf16=bf16)
+            wall = time.perf_counter() - t
+            nf = sum(x.n_patch_forwards for x in r)
+            print(f"| fast | {'bf16' if bf16 else 'fp32'} | {wall:.1f} | {nf} | {', '.join(x.chosen for x in r)} |",
+                  flush=True)
+        n_exhaustive = 3 * len(pool_t) * 1089
+        print()
+        print(f"## Per-patch forward cost (64x64, 30 frames, batch 64, best of 3; load average {load()})")
+        print("| config | parameters | fp32 ms/patch | bf16 ms/patch | exhaustive study, estimate fp32 (s) |")
+        print("|---|---|---|---|---|")
+        for cfg in ("tiny", "default", "daugs2024"):
+            n_par = sum(p.numel() for p in build_unet(cfg).parameters())
+            a, b = per_patch_ms(cfg, False), per_patch_ms(cfg, True)
+            print(f"| {cfg} | {n_par / 1e6:.2f} M | {a:.2f} | {b:.2f} | {n_exhaustive * a / 1000:.0f} "
+                  f"({n_exhaustive} patch forwards) |", flush=True)
+    print(f"\nload average at end: {load()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
