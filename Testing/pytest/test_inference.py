@@ -275,3 +275,24 @@ def test_segment_cli_daugs_writes_labels_umap_and_json(tmp_path, capsys):
     assert np.isfinite(np.asarray(umap.dataobj)).all()
     info = json.loads((tmp_path / "out" / "s_daugs.json").read_text())
     assert info["chosen"] in ("m0", "m1") and set(info["u_pp"]) == {"m0", "m1"}
+
+
+def test_expert_labels_pass_qc_and_survive_postprocessing():
+    """Real expert labels (DAUGS external-site patient, 3 slices): no QC flag, and post-processing of their one-hot
+    probabilities gives them back unchanged (the ring and hole rules do not damage real anatomy)."""
+    from conftest import shared_path
+    from PerfusionSegLib.readers import load_labels
+    folder = shared_path("daugs_dev", "Labels")
+    files = sorted(folder.glob("*.mat"))
+    assert files, f"no label files in {folder}"
+    for f in files:
+        labels = np.squeeze(load_labels(f)[0])
+        q = slice_qc(labels, (0.9, 0.9))
+        assert q["ok"], (f.name, q["flags"])
+        probs = np.eye(4, dtype=np.float32)[labels].transpose(2, 0, 1) * 0.9 + 0.025
+        np.testing.assert_array_equal(assemble_labels(probs), labels)
+        broken = labels.copy()
+        rows = np.nonzero((labels == 2).any(axis=1))[0]
+        mid = rows[len(rows) // 2]
+        broken[mid - 1:mid + 2][broken[mid - 1:mid + 2] == 2] = 0          # cut the ring across
+        assert "noncontiguous_myocardium" in slice_qc(broken, (0.9, 0.9))["flags"], f.name
