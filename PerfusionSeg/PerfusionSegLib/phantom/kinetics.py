@@ -57,7 +57,7 @@ def sample_circulation(rng: np.random.Generator, condition: str) -> dict:
         "lv_peak_mmol": float(rng.uniform(2.0, 8.0)),
         "aorta_delay_s": float(rng.uniform(0.2, 0.6)),
         "myo_delay_s": float(rng.uniform(0.0, 1.0)),
-        "fermi_tau0_s": float(rng.uniform(2.5, 6.0)),
+        "fermi_tau0_s": float(rng.uniform(1.5, 4.0)),
         "fermi_k_s": float(rng.uniform(0.3, 1.2)),
         "extraction": float(rng.uniform(0.3, 0.55) if stress else rng.uniform(0.45, 0.65)),
         # extravascular volume referenced to *blood* concentration, ve / (1 - Hct): 0.2-0.3 / 0.58 (blood AIF)
