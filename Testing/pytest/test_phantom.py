@@ -222,3 +222,15 @@ def test_wall_thickness_and_cavity_sizes_in_range():
             assert 5.0 - 1e-4 <= wall.min() and wall.max() <= 22.0 + 1e-4
             assert r["r_endo"].min() > 4.0
             assert r["rv_depth"].max() > 0   # every slice has an RV cavity (insertion points exist)
+
+
+def test_cli_writes_stress_and_rest(tmp_path):
+    from PerfusionSegLib.cli import main
+
+    assert main(["phantom", "--n", "1", "--seed", "3", "--slices", "1", "--condition", "both", "--units", "gd",
+                 "--out", str(tmp_path)]) == 0
+    folder = tmp_path / "phantom_0003"
+    for cond in ("stress", "rest"):
+        assert (folder / f"{cond}_basal.nii.gz").exists() and (folder / f"{cond}_params.json").exists()
+        assert json.loads((folder / f"{cond}_params.json").read_text())["units"] == "mmol/L"
+    assert main(["phantom", "--n", "1", "--slices", "0", "--out", str(tmp_path / "bad")]) == 2
