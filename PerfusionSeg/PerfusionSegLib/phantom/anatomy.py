@@ -80,7 +80,7 @@ def sample_anatomy(rng: np.random.Generator, level: str, *, rotation_sd_deg: flo
                                    "attach": _u(rng, 0.6, 1.0)})
     n_trab = int(rng.integers(*{"basal": (0, 6), "mid": (2, 12), "apical": (4, 16)}[level]))
     for _ in range(n_trab):
-        heart["trabeculae"].append({"angle_deg": _u(rng, 0, 360), "radius_mm": _u(rng, 0.8, 2.2), "depth": _u(rng, 0.0, 0.8)})
+        heart["trabeculae"].append({"angle_deg": _u(rng, 0, 360), "radius_mm": _u(rng, 0.6, 1.8), "depth": _u(rng, 0.0, 0.8)})
     if level == "basal" and rng.random() < 0.35:  # LV outflow tract: anteroseptal gap opening into the aortic root
         heart["lvot"] = {"angle_deg": heart["rv_angle_deg"] + _u(rng, 20, 45), "width_deg": _u(rng, 35, 65),
                          "root_radius_mm": _u(rng, 10, 14)}
