@@ -134,14 +134,15 @@ def sample_motion(rng: np.random.Generator, n_frames: int, times: np.ndarray, am
     n_tp = int(rng.integers(0, 4)) if amplitude_mm > 0 else 0
     tp_frames = sorted(int(i) for i in rng.choice(n_frames, size=n_tp, replace=False)) if n_tp else []
     # small elastic changes (cardiac phase / residual after registration) on some frames: a smooth displacement of
-    # 0.3-1.2 mm made of two plane waves per axis
+    # 0.3-1.2 mm made of two plane waves per axis, with a small rotation (sd 1.5 deg): rigid + elastic residuals
     n_el = int(rng.integers(0, max(2, n_frames // 6))) if amplitude_mm > 0 else 0
     el_frames = sorted(int(i) for i in rng.choice(n_frames, size=n_el, replace=False)) if n_el else []
     el_modes = [[[float(rng.uniform(0.3, 1.2)), float(rng.uniform(40, 120)), float(rng.uniform(0, 360)),
                   float(rng.uniform(0, 360)), int(ax)] for ax in (0, 0, 1, 1)] for _ in el_frames]
     return {"dy_mm": dy.tolist(), "dx_mm": dx.tolist(), "through_plane_frames": tp_frames,
             "through_plane_scale": [float(rng.uniform(0.93, 1.07)) for _ in tp_frames],
-            "elastic_frames": el_frames, "elastic_modes": el_modes}
+            "elastic_frames": el_frames, "elastic_modes": el_modes,
+            "elastic_rotation_deg": [float(rng.normal(0.0, 1.5)) for _ in el_frames]}
 
 
 def apply_motion_and_resolution(img: np.ndarray, motion: dict, spacing: float, blur: dict) -> np.ndarray:
@@ -166,8 +167,12 @@ def apply_motion_and_resolution(img: np.ndarray, motion: dict, spacing: float, b
     el = motion.get("elastic_frames", [])
     if el:
         yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float32)
-        for fr, modes in zip(el, motion["elastic_modes"]):
-            disp = [np.zeros((ny, nx), np.float32), np.zeros((ny, nx), np.float32)]
+        rots = motion.get("elastic_rotation_deg", [0.0] * len(el))
+        cy, cx = (ny - 1) / 2.0, (nx - 1) / 2.0
+        for fr, modes, rot in zip(el, motion["elastic_modes"], rots):
+            # small in-plane rotation about the image centre plus the smooth elastic field
+            c, s_ = np.cos(np.radians(rot)), np.sin(np.radians(rot))
+            disp = [(s_ * (xx - cx) + c * (yy - cy) + cy) - yy, (c * (xx - cx) - s_ * (yy - cy) + cx) - xx]
             for amp, wl, direction, phase, axis in modes:
                 d = np.radians(direction)
                 arg = (2 * np.pi * spacing / wl) * (np.cos(d) * xx + np.sin(d) * yy) + np.radians(phase)
