@@ -16,7 +16,7 @@ import numpy as np
 
 from PerfusionSegLib.errors import InvalidParameterError
 
-from .umap import MYOCARDIUM_LABEL, SEG_STRIDE, UMAP_MARGIN, UMAP_STRIDE
+from .umap import MYOCARDIUM_LABEL, PATCH_SIZE, SEG_STRIDE, UMAP_MARGIN, UMAP_STRIDE
 
 DEFAULT_POOL = "daugs_pool"
 RESULT_FORMAT = "perfusion-daugs-result/1"
@@ -43,7 +43,7 @@ def prepare_daugs_input(series, *, center_yx=None, **overrides):
 def _input_overrides(pool) -> dict:
     """The pool members' card input spec (when they state one) in prepare_for_network's keywords."""
     spec = pool.input_spec() if hasattr(pool, "input_spec") else {}
-    return {k: spec[k] for k in DAUGS_INPUT if k in spec}
+    return {k: spec[k] for k in (*DAUGS_INPUT, "dt", "patch") if k in spec}
 
 
 @dataclass
@@ -81,7 +81,7 @@ class DAUGSResult:
         def num(v):
             return None if v is None or not math.isfinite(float(v)) else float(v)
 
-        return {
+        return _json_safe({
             "format": RESULT_FORMAT,
             "source": self.source,
             "pool": self.pool_name,
@@ -99,12 +99,29 @@ class DAUGSResult:
             "qc": {k: v for k, v in self.qc.items() if k != "flags"},
             "seconds": round(self.seconds, 3),
             "patch_forwards": self.n_patch_forwards,
-        }
+        })
 
     def to_json(self) -> str:
         import json
 
-        return json.dumps(self.to_dict(), indent=2, default=str) + "\n"
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+
+
+def _json_safe(obj):
+    """Plain JSON types; NaN and infinities become null (strict JSON has no such numbers)."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(float(obj)) else None
+    if isinstance(obj, np.ndarray):
+        return _json_safe(obj.tolist())
+    return obj if obj is None or isinstance(obj, str) else str(obj)
 
 
 def _resolve_pool(pool, device: str):
@@ -139,12 +156,13 @@ def run_daugs(series, pool=None, *, umap_stride: int = UMAP_STRIDE, seg_stride: 
         raise InvalidParameterError(f"strides must be >= 1, got U-map {umap_stride}, segmentation {seg_stride}")
     pool_obj = _resolve_pool(pool, device)
     overrides = _input_overrides(pool_obj)
+    patch = int(overrides.pop("patch", PATCH_SIZE))
     centres = center_yx if (center_yx is not None and not single) else [center_yx] * len(seq)
     prepared = [prepare_daugs_input(s, center_yx=c, **overrides) for s, c in zip(seq, centres)]
     selections = select_members(pool_obj, [x for x, _ in prepared], umap_stride=int(umap_stride),
                                 seg_stride=int(seg_stride), fast=fast,
                                 schedule=DEFAULT_SCHEDULE if schedule is None else schedule,
-                                batch_size=batch_size, bf16=bf16, margin=margin)
+                                batch_size=batch_size, bf16=bf16, margin=margin, patch=patch)
     results = [_to_result(s, geo, sel, pool_obj, keep_member_labels, uncertainty_threshold)
                for s, (_, geo), sel in zip(seq, prepared, selections)]
     return results[0] if single else results

@@ -295,7 +295,12 @@ def select_members(pool_or_members, images: Sequence[np.ndarray], *, umap_stride
                 for i in imgs:
                     evals[i][ev.names[m]] = ev.evaluation(m, i)
         for i in range(n_img):
-            results.append(_result(evals[i], ev.names, est, "fast", ev, final=candidates[i]))
+            res = _result(evals[i], ev.names, est, "fast", ev, final=candidates[i])
+            if res.evaluations[res.chosen].umap_stride != int(umap_stride):   # fallback member: give it its U-map
+                m = ev.names.index(res.chosen)
+                ev.advance([m], umap_stride, [i])
+                res.evaluations[res.chosen] = ev.evaluation(m, i)
+            results.append(res)
     seconds = time.perf_counter() - t0
     for r in results:
         r.seconds = seconds / len(results)

@@ -322,3 +322,38 @@ def test_run_daugs_outputs_are_on_the_input_grid(shape, spacing):
     doc = json.loads(res.to_json())
     assert doc["chosen"] == "good" and set(doc["u_pp"]) == {"good", "noisy"}
     assert doc["u_pp_chosen"] == pytest.approx(res.upp["good"])
+
+
+def test_run_daugs_end_to_end_with_a_saved_pool(tmp_path):
+    pytest.importorskip("PerfusionSegLib.preprocess", reason="preprocess helper's prepare_for_network not landed")
+    from PerfusionDAUGSLib.daugs import run_daugs
+    from PerfusionDAUGSLib.pool import save_pool
+    from PerfusionSegLib.networks import build_network
+    from PerfusionSegLib.series import SliceSeries
+
+    members = []
+    for i, d in enumerate([0.90, 0.92]):
+        torch.manual_seed(i)
+        members.append({"name": f"m{i}", "network": build_network("unet2d", config="tiny"), "run": "r", "epoch": i,
+                        "val_dice": d})
+    folder = save_pool(members, tmp_path / "pool", card={"input": {"n_frames": 30, "size": 128, "scale": 2.0,
+                                                                    "spacing_mm": None, "temporal": "pchip",
+                                                                    "normalise": "robust_max", "patch": 64}})
+    rng = np.random.default_rng(8)
+    T, shape = 36, (70, 64)
+    yy, xx = np.indices(shape)
+    ring = (np.hypot(yy - 35, xx - 30) > 8) & (np.hypot(yy - 35, xx - 30) < 13)
+    curve = np.exp(-0.5 * ((np.arange(T) - 14) / 4.0) ** 2)
+    data = (50 + 200 * curve[:, None, None] * ring[None] + 4 * rng.standard_normal((T, *shape))).astype(np.float32)
+    series = SliceSeries(data=data, times=np.arange(T) * 0.9, spacing=(1.8, 1.8), source="synthetic")
+    res = run_daugs(series, str(folder), device="cpu")
+    assert res.labels.shape == shape and res.umap.shape == shape and np.isfinite(res.umap).all()
+    assert res.established == "m1" and res.chosen in ("m0", "m1") and res.established_labels.shape == shape
+    assert res.pool_name == "pool" and set(res.upp) == {"m0", "m1"}
+
+    def no_constants(token):
+        raise AssertionError(f"non-JSON constant {token} in S_daugs.json")
+
+    doc = json.loads(res.to_json(), parse_constant=no_constants)
+    assert doc["chosen"] == res.chosen and doc["established"] == "m1" and doc["umap_stride"] == 2
+    assert set(doc["u_pp_stride"].values()) <= {16, 4, 2}
