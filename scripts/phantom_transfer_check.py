@@ -118,14 +118,20 @@ def load_daugs():
     return out
 
 
-def sliding_window(model, torch, img):
+def sliding_window(model, torch, img, flips=False):
+    """Softmax averaged over 64x64 windows at stride 16; ``flips`` also averages the 4 flipped versions (TTA)."""
     _, h, w = img.shape
     prob = np.zeros((4, h, w), dtype=np.float32)
     cnt = np.zeros((h, w), dtype=np.float32)
     coords = [(y, x) for y in range(0, h - PATCH + 1, STRIDE) for x in range(0, w - PATCH + 1, STRIDE)]
-    batch = np.stack([img[:, y:y + PATCH, x:x + PATCH] for y, x in coords])
+    batch = torch.from_numpy(np.stack([img[:, y:y + PATCH, x:x + PATCH] for y, x in coords]))
     with torch.no_grad():
-        p = torch.softmax(model(torch.from_numpy(batch)), 1).numpy()
+        p = torch.softmax(model(batch), 1)
+        if flips:
+            for dims in ((2,), (3,), (2, 3)):
+                p += torch.softmax(model(batch.flip(dims)), 1).flip(dims)
+            p /= 4
+        p = p.numpy()
     for (y, x), pp in zip(coords, p):
         prob[:, y:y + PATCH, x:x + PATCH] += pp
         cnt[y:y + PATCH, x:x + PATCH] += 1
@@ -137,12 +143,12 @@ def dice(a, b):
     return float(2 * (a & b).sum() / s) if s else 1.0
 
 
-def evaluate(model, torch, cases):
+def evaluate(model, torch, cases, flips=False):
     model.eval()
     res = {}
     preds = {}
     for lvl, img, m in cases:
-        pred = sliding_window(model, torch, img)
+        pred = sliding_window(model, torch, img, flips)
         res[lvl] = dice(pred == 2, m == 1)
         preds[lvl] = pred
     model.train()
@@ -260,6 +266,9 @@ def main(argv=None):
         res, preds = evaluate(model, torch, cases)
         result["dice_myocardium"] = res
         result["mean_dice_myocardium"] = float(np.mean(list(res.values())))
+        res_tta, _ = evaluate(model, torch, cases, flips=True)
+        result["dice_myocardium_flip_tta"] = res_tta      # extra, not the issue's protocol
+        result["mean_dice_myocardium_flip_tta"] = float(np.mean(list(res_tta.values())))
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         tag = f"{int(round(args.minutes))}min"
