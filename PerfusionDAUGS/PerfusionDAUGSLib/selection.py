@@ -255,8 +255,9 @@ def select_members(pool_or_members, images: Sequence[np.ndarray], *, umap_stride
                    ) -> List[SelectionResult]:
     """Choose a member per image (DAUGS: lowest U_pp at ``umap_stride``) and report the established one.
 
-    ``fast=False``: exhaustive (every member at ``umap_stride``). ``fast=True``: staged search (module docstring); the
-    last stage of ``schedule`` is forced to ``umap_stride``. Returns one :class:`SelectionResult` per image.
+    ``fast=False``: exhaustive (every member at ``umap_stride``). ``fast=True``: staged search (module docstring);
+    stages of ``schedule`` finer than ``umap_stride`` are dropped, and when none is at ``umap_stride`` a last stage
+    there keeps the best member. Returns one :class:`SelectionResult` per image.
     """
     t0 = time.perf_counter()
     ev = PoolEvaluator(pool_or_members, images, seg_stride=seg_stride, patch=patch, margin=margin,
@@ -273,7 +274,8 @@ def select_members(pool_or_members, images: Sequence[np.ndarray], *, umap_stride
             evals = {ev.names[m]: ev.evaluation(m, i_img) for m in all_idx}
             results.append(_result(evals, ev.names, est, "exhaustive", ev))
     else:
-        stages = [(int(s), int(k), float(tol)) for s, k, tol in schedule]
+        # never finer than the U-map stride asked for; the last stage is always at that stride
+        stages = [(int(s), int(k), float(tol)) for s, k, tol in schedule if int(s) >= int(umap_stride)]
         if not stages or stages[-1][0] != int(umap_stride):
             stages.append((int(umap_stride), 1, 0.0))
         # stage 1: every member on every image at the segmentation stride, all in shared batches

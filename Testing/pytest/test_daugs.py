@@ -222,6 +222,13 @@ def test_selection_picks_the_planted_best_and_fast_equals_exhaustive():
     assert dice > 0.9
 
 
+def test_fast_path_never_goes_finer_than_the_umap_stride():
+    img, _ = ring_image(size=64, channels=2, seed=7)
+    res = select_members(_planted_pool(), [img], fast=True, umap_stride=8, patch=32)[0]
+    assert min(res.upp_stride.values()) == 8 and res.upp_stride[res.chosen] == 8 and res.chosen == "good"
+    assert res.chosen_evaluation.n_umap_patches == 25          # 5 x 5 windows at stride 8 on 64 with 32 patches
+
+
 def test_selection_rejects_bad_input():
     with pytest.raises(InvalidParameterError):
         select_members([], [ring_image()[0]])
