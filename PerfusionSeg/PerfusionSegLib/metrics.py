@@ -8,7 +8,8 @@ Borders (mm, endocardium = outline of the LV cavity, epicardium = outline of cav
   scipy.ndimage.distance_transform_edt with sampling = pixel spacing. Mean boundary error = mean of all distances in
   both directions; Hausdorff = largest distance in either direction; HD95 = the larger of the two directed 95th
   percentiles.
-Angles: RV insertion angle error = absolute circular difference in degrees (0..180).
+Angles: RV insertion angle error = absolute circular difference in degrees (0..180), insertion points from
+  ``aha.find_insertion_points`` on both maps, angles seen from the reference LV centroid.
 Statistics (scipy.stats): Bland-Altman bias / SD / 95% limits; paired and unpaired t-tests; Fisher's exact test.
 """
 from __future__ import annotations
@@ -133,6 +134,27 @@ def insertion_angle_error(pred_point_yx, ref_point_yx, centre_yx, spacing=(1.0, 
     return angle_error(point_angle(pred_point_yx, centre_yx, spacing), point_angle(ref_point_yx, centre_yx, spacing))
 
 
+def insertion_angle_errors(pred, ref, spacing=(1.0, 1.0), affine=None) -> dict:
+    """Anterior and inferior RV insertion angle errors (degrees) of a predicted label map against the reference.
+
+    Both maps' insertion points come from ``aha.find_insertion_points`` (the RV-myocardium contact) and are seen from
+    the reference LV centroid. NaN when either map has no usable RV (its points would be priors, not measurements).
+    """
+    nan = {"anterior_deg": float("nan"), "inferior_deg": float("nan")}
+    from .aha import find_insertion_points
+    from .errors import PerfusionInputError
+    try:
+        ip_ref = find_insertion_points(np.asarray(ref), spacing=spacing, affine=affine)
+        ip_pred = find_insertion_points(np.asarray(pred), spacing=spacing, affine=affine)
+    except PerfusionInputError:
+        return nan
+    if ip_ref.source != "auto" or ip_pred.source != "auto":
+        return nan
+    centre = ip_ref.centroid_yx
+    return {"anterior_deg": insertion_angle_error(ip_pred.anterior_yx, ip_ref.anterior_yx, centre, spacing),
+            "inferior_deg": insertion_angle_error(ip_pred.inferior_yx, ip_ref.inferior_yx, centre, spacing)}
+
+
 def bland_altman(a: Sequence[float], b: Sequence[float]) -> dict:
     """Bias = mean(a - b), SD of the differences (n - 1), 95% limits of agreement bias +/- 1.96 SD."""
     a, b = np.asarray(a, float), np.asarray(b, float)
@@ -164,11 +186,13 @@ def fisher_exact(table, alternative: str = "two-sided") -> dict:
     return {"odds_ratio": float(res.statistic), "p": float(res.pvalue)}
 
 
-def evaluate_pair(pred, ref, spacing=(1.0, 1.0), structures: Optional[dict] = None) -> dict:
+def evaluate_pair(pred, ref, spacing=(1.0, 1.0), structures: Optional[dict] = None, insertion: bool = True,
+                  affine=None) -> dict:
     """All per-structure metrics of one predicted label map against a reference (project codes).
 
     Returns {structure: {dice, jaccard, fp, fn, precision, recall, mbe_mm, hd_mm, hd95_mm}} for blood_pool,
-    myocardium and rv (structures absent from both maps get NaN), and {"endo": {...}, "epi": {...}} border distances.
+    myocardium and rv (structures absent from both maps get NaN), {"endo": {...}, "epi": {...}} border distances and,
+    with ``insertion``, {"rv_insertion": {"anterior_deg", "inferior_deg"}} angle errors (NaN without RVs).
     """
     pred, ref = np.asarray(pred), np.asarray(ref)
     if pred.shape != ref.shape or pred.ndim != 2:
@@ -179,6 +203,8 @@ def evaluate_pair(pred, ref, spacing=(1.0, 1.0), structures: Optional[dict] = No
         out[name] = {**overlap_metrics(p, r), **boundary_distances(p, r, spacing)}
     out["endo"] = boundary_distances(endo_mask(pred), endo_mask(ref), spacing)
     out["epi"] = boundary_distances(epi_mask(pred), epi_mask(ref), spacing)
+    if insertion:
+        out["rv_insertion"] = insertion_angle_errors(pred, ref, spacing, affine)
     return out
 
 
@@ -189,5 +215,6 @@ def flatten(result: dict) -> dict:
 
 __all__ = ["dice", "jaccard", "false_positive_fraction", "false_negative_fraction", "precision", "recall",
            "overlap_metrics", "boundary_distances", "hausdorff", "hausdorff95", "mean_boundary_error", "border",
-           "endo_mask", "epi_mask", "angle_error", "point_angle", "insertion_angle_error", "bland_altman",
+           "endo_mask", "epi_mask", "angle_error", "point_angle", "insertion_angle_error", "insertion_angle_errors",
+           "bland_altman",
            "paired_ttest", "unpaired_ttest", "fisher_exact", "evaluate_pair", "flatten", "STRUCTURES"]

@@ -123,3 +123,21 @@ def test_bland_altman_and_tests():
     assert M.fisher_exact([[3, 0], [0, 3]])["p"] == pytest.approx(0.1)
     with pytest.raises(InvalidParameterError):
         M.fisher_exact([[1, 2, 3], [4, 5, 6]])
+
+
+def test_rv_insertion_angle_error_of_a_rotated_rv():
+    from scipy import ndimage
+    ref = ring_labels(shape=(81, 81), c=(40, 40), rv=False)
+    yy, xx = np.indices(ref.shape)
+    crescent = (np.hypot(yy - 40, xx - 30) < 22) & (np.hypot(yy - 40, xx - 40) >= 16) & (xx < 40)
+    ref[crescent] = 3                                    # an RV hugging the septum on the left
+    rv = ndimage.rotate((ref == 3).astype(np.uint8), 25, reshape=False, order=0).astype(bool)
+    pred = ref.copy()
+    pred[pred == 3] = 0
+    pred[rv & (pred == 0)] = 3
+    err = M.insertion_angle_errors(pred, ref, (1.0, 1.0))
+    assert err["anterior_deg"] == pytest.approx(25, abs=6) and err["inferior_deg"] == pytest.approx(25, abs=6)
+    assert M.insertion_angle_errors(ref, ref)["anterior_deg"] == 0.0
+    no_rv = ref.copy()
+    no_rv[no_rv == 3] = 0
+    assert math.isnan(M.evaluate_pair(no_rv, ref)["rv_insertion"]["anterior_deg"])

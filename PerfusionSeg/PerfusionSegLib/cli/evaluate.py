@@ -15,7 +15,7 @@ import numpy as np
 
 TABLE_COLUMNS = (("blood_pool_dice", "Dice BP"), ("myocardium_dice", "Dice myo"), ("rv_dice", "Dice RV"),
                  ("endo_mbe_mm", "MBE endo"), ("epi_mbe_mm", "MBE epi"), ("endo_hd95_mm", "HD95 endo"),
-                 ("epi_hd95_mm", "HD95 epi"))
+                 ("epi_hd95_mm", "HD95 epi"), ("rv_insertion_anterior_deg", "RVIP ant"))
 
 
 def register(subparsers) -> None:
