@@ -151,20 +151,21 @@ def _rng(seed: int, stream: int, condition: Optional[str] = None) -> np.random.G
     return np.random.default_rng(np.random.SeedSequence(key))
 
 
-def _jsonable(o):
-    if isinstance(o, dict):
-        return {str(k): _jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_jsonable(v) for v in o]
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, np.bool_):
-        return bool(o)
+def _json_default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
-    return o
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
+    raise TypeError(f"not JSON-able: {type(o).__name__}")
+
+
+def _jsonable(o):
+    """Plain Python (dict/list/float/int/str/bool/None) copy of ``o``; the C JSON codec does the walking."""
+    return json.loads(json.dumps(o, default=_json_default))
 
 
 # --- tissue properties ------------------------------------------------------------------------------------------------
@@ -197,6 +198,12 @@ def sample_contrast_jitter(rng: np.random.Generator, amount: float) -> Optional[
 
 
 # --- slice rendering --------------------------------------------------------------------------------------------------
+def _mix(curves: np.ndarray, fractions: np.ndarray) -> np.ndarray:
+    """(T, C) x (C, N) -> (T, N). einsum's own loop, not BLAS: for these thin products it is about 2x cheaper in CPU
+    time than a threaded BLAS call on a 2-core machine (measured), and it never spins extra threads."""
+    return np.einsum("tc,cn->tn", curves, fractions, optimize=False)
+
+
 def _block(a: np.ndarray, f: int) -> np.ndarray:
     return A._block_mean(a, f)
 
@@ -260,11 +267,15 @@ def _slice_images(anat: dict, grid: A.Grid, acq: dict, circ: dict, mbf: dict, t_
         classes = [S.TISSUE_CLASS[n] for n in names] + ["myo"] * len(values)
         w_coarse = np.array([S.TEXTURE.get(c, 1.0) > 0 for c in classes], dtype=np.float32)
         w_fine = np.array([c == "lung" for c in classes], dtype=np.float32)
-        flat = flat * np.clip(1.0 + w_coarse[:, None] * coarse.ravel()[None] + w_fine[:, None] * fine.ravel()[None], 0.05, None)
+        mod = w_coarse[:, None] * coarse.ravel()[None]
+        mod += w_fine[:, None] * fine.ravel()[None]
+        mod += 1.0
+        np.maximum(mod, 0.05, out=mod)
+        flat = flat * mod
 
     gd_truth = None
     if truth or units != "signal":
-        gd_truth = (c_t.astype(np.float32) @ frac_out.reshape(len(keys), -1)).reshape(len(times), ny, nx)
+        gd_truth = _mix(c_t.astype(np.float32), frac_out.reshape(len(keys), -1)).reshape(len(times), ny, nx)
     bias, g = S.coil_bias((ya, xa), spacing_acq, coils)
     blur = {"sigma_px": acq["blur_px"], "phase_resolution": acq["phase_resolution"]}
     # noise level from the LV blood SNR at peak (image centre, bias 1)
@@ -281,7 +292,7 @@ def _slice_images(anat: dict, grid: A.Grid, acq: dict, circ: dict, mbf: dict, t_
         return np.abs(img).astype(np.float32) if np.iscomplexobj(img) or noise else img.astype(np.float32)
 
     if units == "signal":
-        clean = (s_t @ flat).reshape(len(times), ya, xa)
+        clean = _mix(s_t, flat).reshape(len(times), ya, xa)
         data = acquire(clean, motion)
     else:
         # Gd output: the truth concentration moved like the images, with Gaussian noise of the scanner's relative level
@@ -297,7 +308,7 @@ def _slice_images(anat: dict, grid: A.Grid, acq: dict, circ: dict, mbf: dict, t_
         seq_pd = dict(seq, flip_deg=acq["pd_flip_deg"], saturation=False)
         s_pd = S.sr_signal(np.zeros((1, len(keys))), t10c[None], t2c[None], pdc[None], seq_pd).astype(np.float32)
         n_pd = int(acq["pd_frames"])
-        clean_pd = np.repeat((s_pd @ flat).reshape(1, ya, xa), n_pd, axis=0)
+        clean_pd = np.repeat(_mix(s_pd, flat).reshape(1, ya, xa), n_pd, axis=0)
         still = {"dy_mm": [0.0] * n_pd, "dx_mm": [0.0] * n_pd, "through_plane_frames": [], "through_plane_scale": []}
         pd_frames = acquire(clean_pd, still)
 
@@ -454,7 +465,7 @@ def _aif_image_series(anat, acq, circ, t_fine, blood, t_beats, rng_noise, fov_ce
     mbf = {"global_mbf": 1.0, "segment_mbf": {str(s): 1.0 for s in range(1, 17)}, "defect": None}
     coils = {"coils": [], "floor": 1.0, "g_excess": 0.0}
     r = _slice_images(anat, grid, acq_lr, circ, mbf, t_fine, blood, t_beats, rng_noise, still, coils, jitter,
-                      supersample=4, want_pd=False, units="signal", noise=noise)
+                      supersample=3, want_pd=False, units="signal", noise=noise)
     from scipy import ndimage
     lv_core = ndimage.binary_erosion(r["labels"] == 1)
     lv = lv_core if lv_core.sum() >= 2 else r["labels"] == 1
