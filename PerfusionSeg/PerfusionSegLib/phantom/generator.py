@@ -145,6 +145,13 @@ def _range(v):
     return (v, v) if isinstance(v, (int, float)) else v
 
 
+def _peak_range(v, condition: str) -> tuple:
+    """AIF peak range by condition: the same dose in a lower cardiac output gives a higher peak at rest (QPerf's
+    examples: rest 4.6, stress 3.3 mmol/L), so stress draws from the lower 75% of the range and rest from the upper 85%."""
+    lo, hi = _range(v)
+    return (lo, lo + 0.75 * (hi - lo)) if condition == "stress" else (lo + 0.15 * (hi - lo), hi)
+
+
 # --- random streams ---------------------------------------------------------------------------------------------------
 def _rng(seed: int, stream: int, condition: Optional[str] = None) -> np.random.Generator:
     key = [int(seed), stream] + ([CONDITIONS.index(condition)] if condition else [])
@@ -364,7 +371,8 @@ def generate_study(preset: str = P.DEFAULT_PRESET, seed: int = 0, condition: str
             timing[k] = ov.pop(k)
     timing["n_frames"] = int(timing["n_frames"])
     circ = K.sample_circulation(rng_phys, condition)
-    circ["lv_peak_mmol"] = float(rng_phys.uniform(*_range(acq["lv_peak_mmol"])))
+    acq.pop("lv_peak_mmol", None)   # physiology, drawn here by condition from the preset's range
+    circ["lv_peak_mmol"] = float(rng_phys.uniform(*_peak_range(P.PRESETS[preset]["lv_peak_mmol"], condition)))
     for k in list(ov):
         if k in circ:
             circ[k] = float(ov.pop(k))
@@ -512,7 +520,7 @@ def generate_training_slice(rng: np.random.Generator, preset: str = "randomised"
     anat = A.sample_anatomy(rng, level, rotation_sd_deg=float(acq["rotation_sd_deg"]), allow_mirror=bool(acq["mirror"]))
     circ = K.sample_circulation(rng, condition)
     # clinical single-bolus doses put 8-15 mmol/L in the LV of the images: training covers them whatever the preset
-    circ["lv_peak_mmol"] = float(rng.uniform(2.0, 15.0))
+    circ["lv_peak_mmol"] = float(rng.uniform(*_peak_range((2.0, 15.0), condition)))
     mbf = K.sample_mbf(rng, condition)
     timing = _sample_timing(rng, condition)
     jitter = sample_contrast_jitter(rng, float(acq["contrast_jitter"]))
