@@ -60,12 +60,16 @@ def segment_series(series, model, *, postprocess: bool = True, center_yx=None, b
                    **prepare_overrides) -> SegmentationResult:
     """Segment one slice series with a loaded model; every output is on the series' own grid.
 
+    ``model``: a LoadedModel, or a model name / card path for ``registry.load_model``.
     ``center_yx``: LV centre on the input grid (else ``prepare_for_network`` locates it). ``bf16``: bfloat16 autocast.
     """
     from .preprocess import prepare_for_network
     from .postprocess import assemble_labels
     from .qc import slice_qc
 
+    if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+        from .networks.registry import load_model
+        model = load_model(model)
     if model.architecture not in ("resunet", "unet2d"):
         raise InvalidParameterError(f"full-image segmentation needs a full-image network, not {model.architecture!r}")
     kwargs = prepare_kwargs(model, **prepare_overrides)
