@@ -5,8 +5,9 @@ Sources (values as reported, widened a little to cover sites):
 - siemens-flash-3t: SR-FLASH of the NHLBI dual-sequence protocol (Kellman et al., JCMR 2017;19:43): flip 14 deg,
   TR ~2.1 ms, TS ~100 ms to k-space centre, matrix 192x111 (we use 192x144 reconstructed), FOV ~360x270 mm, 8 mm slices,
   R=3, 2 PD frames at 5 deg. 3 slices per RR.
-- siemens-bssfp-3t: SR-bSSFP as in the DAUGS external data (Siemens 3T, TIM-Lab): flip 40-60 deg, TR 2.4-2.8 ms,
-  TS 90-130 ms, ~1.8 mm acquired, reconstructed with 2x interpolation, 8 mm slices.
+- siemens-bssfp-3t: SR-bSSFP as in the DAUGS external data (Siemens 3T, TIM-Lab): flip 30-60 deg, TR 2.4-2.8 ms,
+  TS 90-160 ms, ~1.8 mm acquired, reconstructed with 2x interpolation, 8 mm slices. The Siemens tfiperf2d1 header in
+  ../shared/data/dicom_siemens_single_slice (1.5 T) reads TI 150 ms, flip 32 deg, TE 1.3 ms, 128x72 acquired lines.
 - ge-gre-3t: GE saturation-recovery fast GRE (FGRE-ET): flip 20-25 deg, TR 2.8-3.6 ms, TS 120-200 ms, 128x128 over a
   360-400 mm FOV (2.8-3.1 mm), ZIP 2x to 256, 10 mm slices, linear ordering.
 - siemens-flash-1p5t: the same SR-FLASH at 1.5 T (Kellman 2017; flip 12-14 deg, TR 2.2-2.5 ms), lower SNR.
@@ -46,7 +47,7 @@ PRESETS = {
         "snr_blood_peak": (35.0, 80.0), "blur_px": (0.4, 0.9), "phase_resolution": (0.75, 1.0),
     },
     "siemens-bssfp-3t": {
-        **_COMMON, "field_T": 3.0, "sequence": "bssfp", "flip_deg": (40.0, 60.0), "tr_ms": (2.4, 2.8), "ts_ms": (90.0, 130.0),
+        **_COMMON, "field_T": 3.0, "sequence": "bssfp", "flip_deg": (30.0, 60.0), "tr_ms": (2.4, 2.8), "ts_ms": (90.0, 160.0),
         "n_lines": (40, 60), "ordering": "linear", "r1": (3.8, 4.8), "r2star": (0.0, 5.0),
         "fov_x_mm": (300.0, 360.0), "matrix_xy": (176, 132), "slice_mm": 8.0, "interp": 2,
         "snr_blood_peak": (30.0, 70.0), "blur_px": (0.4, 0.9), "phase_resolution": (0.7, 0.9),
