@@ -17,6 +17,7 @@ Members whose U_pp were only measured at a coarse stride keep that value, labell
 Patches are extracted once per batch and fed to each member in turn: on CPU this is faster than stacking members with
 ``torch.func.stack_module_state`` + ``vmap`` (grouped convolutions; measured 3-6x slower here). bf16 autocast is
 optional (``bf16=True``); see docs/daugs.md for its measured effect on speed and on the choice.
+The ``Exhaustive`` cost, for scale: 50 members x 3 slices x 1089 = 163,350 patch forwards per study.
 """
 from __future__ import annotations
 
@@ -41,14 +42,12 @@ DEFAULT_SCHEDULE = ((4, 4, 0.25), (2, 2, 0.05))
 # members: anything with a network (LoadedModel from the registry, a PoolMember, or a bare nn.Module)
 # --------------------------------------------------------------------------------------------------------------------
 def _network_of(member):
-    for attr in ("network",):
-        if hasattr(member, attr):
-            return getattr(member, attr)
-    model = getattr(member, "model", None)
-    if model is not None:
-        return _network_of(model)
     if isinstance(member, torch.nn.Module):
         return member
+    if getattr(member, "model", None) is not None:           # PoolMember -> registry LoadedModel
+        return _network_of(member.model)
+    if isinstance(getattr(member, "network", None), torch.nn.Module):   # registry LoadedModel
+        return member.network
     raise InvalidParameterError(f"pool member {member!r} holds no network")
 
 
@@ -262,7 +261,7 @@ def select_members(pool_or_members, images: Sequence[np.ndarray], *, umap_stride
     t0 = time.perf_counter()
     ev = PoolEvaluator(pool_or_members, images, seg_stride=seg_stride, patch=patch, margin=margin,
                        batch_size=batch_size, bf16=bf16, myocardium_channel=myocardium_channel)
-    est = established or ev.established
+    est = established or (ev.established if ev.established in ev.names else None)   # a partly loaded pool
     if est is not None and est not in ev.names:
         raise InvalidParameterError(f"established member {est!r} is not in the pool")
     n_members = len(ev.names)
