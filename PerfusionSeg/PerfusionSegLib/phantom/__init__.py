@@ -8,8 +8,18 @@ Public API:
 Modules: anatomy (shapes), kinetics (Gd curves), signal (sequence, noise, motion), presets, sectors (AHA truth),
 generator (assembly).
 """
-from .generator import PhantomStudy, SliceTruth, generate_study, generate_training_slice, write_phantom
 from .presets import DEFAULT_PRESET, PRESET_NAMES, PRESETS
+
+_GENERATOR_NAMES = ("PhantomStudy", "SliceTruth", "generate_study", "generate_training_slice", "write_phantom")
+
+
+def __getattr__(name):
+    # the generator pulls in scipy.signal (about a second): import it on first use, so that `perfusion --help` and
+    # the presets stay fast
+    if name in _GENERATOR_NAMES:
+        from . import generator
+        return getattr(generator, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["PhantomStudy", "SliceTruth", "generate_study", "generate_training_slice", "write_phantom", "PRESET_NAMES",
            "PRESETS", "DEFAULT_PRESET"]
