@@ -170,7 +170,7 @@ def train(recipe: Recipe, source, val_set: List, run_dir, *, seed: int = 0, devi
     stale = 0 if best is None else len(history) - 1 - history.index(best)
     stopped_early = False
     for epoch in range(start_epoch, recipe.epochs):
-        if max_minutes is not None and (time.time() - t_start) / 60 > max_minutes:
+        if max_minutes is not None and history and (time.time() - t_start) / 60 > max_minutes:  # >= 1 epoch
             log(f"time budget of {max_minutes} min reached after epoch {epoch}")
             break
         t0 = time.time()
