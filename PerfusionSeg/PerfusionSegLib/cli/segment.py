@@ -71,7 +71,14 @@ def run(args: argparse.Namespace) -> int:
 
     model = None
     if args.method == "resunet":
-        model = load_model(_default_resunet() if args.model is None else args.model, device=args.device)
+        from ..errors import UnreadableFileError
+        try:
+            model = load_model(_default_resunet() if args.model is None else args.model, device=args.device)
+        except UnreadableFileError as exc:
+            if args.model is not None or "no model named" not in str(exc):
+                raise
+            raise UnreadableFileError(f"{exc}; train one with `perfusion train` or give --model CARD "
+                                      f"(or set PERFUSION_MODELS_DIR)") from None
     # read every input before writing anything: a bad input stops the run with nothing written
     series_list = [load_series(p, **geometry_kwargs(args)) for p in args.inputs]
     daugs_results = None
