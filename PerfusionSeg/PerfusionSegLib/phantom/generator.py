@@ -21,7 +21,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import InvalidParameterError
-from ..series import AIF, LEVELS, SliceSeries, Study, affine_from_spacing, assign_levels
+from ..series import AIF, LEVELS, SliceSeries, Study, assign_levels
 from . import anatomy as A
 from . import kinetics as K
 from . import presets as P
@@ -82,7 +82,7 @@ _NUMERIC_OVERRIDES = {
     "field_T": ("acquisition", 1.5, 3.0), "hematocrit": ("physiology", 0.2, 0.65),
 }
 _CHOICE_OVERRIDES = {"sequence": ("flash", "bssfp"), "ordering": ("linear", "centric"), "noise": (True, False),
-                     "defect": None, "aif_images": (True, False), "matrix_xy": None}
+                     "defect": None, "aif_images": (True, False), "matrix_xy": None, "myo_model": K.MYO_MODELS}
 
 
 def _check_overrides(overrides: dict) -> None:
@@ -373,6 +373,8 @@ def generate_study(preset: str = P.DEFAULT_PRESET, seed: int = 0, condition: str
     circ = K.sample_circulation(rng_phys, condition)
     acq.pop("lv_peak_mmol", None)   # physiology, drawn here by condition from the preset's range
     circ["lv_peak_mmol"] = float(rng_phys.uniform(*_peak_range(P.PRESETS[preset]["lv_peak_mmol"], condition)))
+    if "myo_model" in ov:
+        circ["myo_model"] = ov.pop("myo_model")
     for k in list(ov):
         if k in circ:
             circ[k] = float(ov.pop(k))
@@ -387,6 +389,7 @@ def generate_study(preset: str = P.DEFAULT_PRESET, seed: int = 0, condition: str
                                                 "endo_fraction": float(d.get("endo_fraction", 0.5)),
                                                 "factor": float(d.get("factor", 0.5))}
     hct = float(ov.pop("hematocrit", rng_phys.uniform(0.36, 0.46)))
+    circ["hematocrit"] = hct   # the 2CXM myocardium exchanges plasma: Fp = F (1 - Hct) on the plasma AIF
     noise = bool(ov.pop("noise", True))
     aif_images = bool(ov.pop("aif_images", True))
     jitter = sample_contrast_jitter(rng_acq, float(acq["contrast_jitter"]))
@@ -427,8 +430,9 @@ def generate_study(preset: str = P.DEFAULT_PRESET, seed: int = 0, condition: str
         motion = S.sample_motion(rng_phys, len(times), times, float(acq["motion_mm"]))
         r = _slice_images(anat, grid, acq, circ, mbf, t_fine, blood, times, rng_noise, motion, coils, jitter,
                           supersample=2, want_pd=True, units=units, noise=noise)
-        affine = affine_from_spacing((out_spacing, out_spacing), thickness)
-        affine[2, 3] = -i * gap   # basal slice at 0, apical ones further along -z
+        # voxel-to-patient (LPS) matrix of the slice's pose (rotated, columns reversed when mirrored); basal slice
+        # at z = 0, apical ones further along -z (inferior)
+        affine = A.pose_affine(anat, grid, thickness, z_mm=-i * gap)
         series = SliceSeries(data=r["data"], times=times, spacing=(out_spacing, out_spacing), affine=affine, level=lv,
                              slice_position=-i * gap, condition=condition, units=units, source=f"phantom:{preset}:seed{seed}",
                              pd_frames=r["pd"], metadata={"phantom": True, "slice_thickness_mm": thickness})

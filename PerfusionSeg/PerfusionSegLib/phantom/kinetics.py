@@ -5,11 +5,20 @@ afterwards. The circulation is a loop: an injected bolus (gamma variate) reaches
 convolved with a pulmonary transit kernel (so the RV always enhances first and the LV bolus is broader); a fraction of
 what leaves the LV comes back to the RV after a dispersed systemic transit (recirculation, second pass).
 
-Myocardium: Fermi-constrained impulse response with an extravascular leak term (shoulder tau0 = 60 MBV / MBF, the
-intravascular transit time, MBV 0.08-0.12 ml/g at rest and 0.10-0.15 at stress),
-``R(t) = (1-E) / (1 + exp((t - tau0) / k)) * (1 + exp(-tau0 / k)) + E * exp(-kep t)``, ``R(0) = 1``, and
-``C_myo(t) = MBF * rho / 60 * (AIF (*) R)(t)`` with MBF in ml/min/g, tissue density rho = 1.05 g/ml and the *blood*
-AIF (no haematocrit correction), the convention of Jerosch-Herold et al. (Med Phys 1998) Fermi deconvolution.
+Myocardium: each study draws one of two published tracer-kinetic models (``circulation["myo_model"]``), the same
+definition of MBF in both: blood flow F per ml of tissue, MBF (ml/min/g) = 60 F / rho with rho = 1.05 g/ml, and
+``C_myo = AIF_blood (*) R`` with R(0) = F (for the 2CXM: plasma flow Fp = F (1 - Hct) on the plasma AIF
+AIF_blood / (1 - Hct), which is the same product).
+- "fermi": Fermi-constrained impulse response (Jerosch-Herold et al., Med Phys 1998),
+  ``R(t) = F (1 + exp(-tau0 / w)) / (1 + exp((t - tau0) / w))``; the shoulder tau0 is the tissue mean transit time
+  of the central volume principle, 60 Vd / MBF, with the first-pass distribution volume Vd = MBV + E ve_b (blood
+  volume plus the extracted fraction E of the interstitial volume referenced to blood, ve_b = ve / (1 - Hct)), so low
+  flow (rest, defects) enhances later and longer; w 0.3-1.2 s.
+- "2cxm": two-compartment exchange model (Brix et al. 2004; Sourbron & Buckley, MRM 2011), plasma and interstitium:
+  Fp = F (1 - Hct), vp = rho MBV (1 - Hct), ve = rho ve_g (interstitial volume fraction), PS from the extraction
+  fraction by Renkin-Crone, E = 1 - exp(-PS / Fp).
+MBV 0.10-0.15 ml/g at stress, 0.08-0.12 at rest (adenosine recruits ~20 % more); E 0.3-0.55 stress, 0.45-0.65 rest
+(extraction falls with flow); interstitial volume 0.17-0.26 ml/g (ECV 0.25-0.32 with the plasma volume).
 Sources for ranges: pulmonary transit time 4-9 s (Cao et al., JCMR 2014; shorter at stress), peak LV [Gd] 2-8 mmol/L for
 0.05-0.1 mmol/kg (Ishida et al. JMRI 2011; Kellman et al. JCMR 2017), extraction fraction 0.3-0.6 and ve 0.2-0.3, i.e.
 0.35-0.5 referenced to blood (Jerosch-Herold, JCMR 2010), liver/spleen enhancement (Materne et al. 2002).
@@ -21,6 +30,8 @@ from scipy.signal import fftconvolve
 
 DT_FINE = 0.1           # s
 TISSUE_DENSITY = 1.05   # g/ml
+MYO_MODELS = ("fermi", "2cxm")
+DEFAULT_HEMATOCRIT = 0.42
 
 
 def gamma_variate(t: np.ndarray, t0: float, tp: float, alpha: float) -> np.ndarray:
@@ -58,13 +69,12 @@ def sample_circulation(rng: np.random.Generator, condition: str) -> dict:
         "lv_peak_mmol": float(rng.uniform(2.0, 8.0)),
         "aorta_delay_s": float(rng.uniform(0.2, 0.6)),
         "myo_delay_s": float(rng.uniform(0.0, 1.0)),
-        # intravascular myocardial blood volume; the Fermi shoulder is its transit time 60 MBV / MBF (central volume
-        # principle), so low flow (rest, defects) enhances later and longer. Adenosine recruits ~20% more volume.
+        # myocardial tracer kinetics (module docstring): model, blood volume, extraction, interstitial volume
+        "myo_model": MYO_MODELS[int(rng.integers(0, 2))],
         "mbv_ml_per_g": float(rng.uniform(0.10, 0.15) if stress else rng.uniform(0.08, 0.12)),
-        "fermi_k_s": float(rng.uniform(0.3, 1.2)),
+        "fermi_width_s": float(rng.uniform(0.3, 1.2)),
         "extraction": float(rng.uniform(0.3, 0.55) if stress else rng.uniform(0.45, 0.65)),
-        # extravascular volume referenced to *blood* concentration, ve / (1 - Hct): 0.2-0.3 / 0.58 (blood AIF)
-        "ve": float(rng.uniform(0.35, 0.5)),
+        "ve_ml_per_g": float(rng.uniform(0.17, 0.26)),
         "muscle_mbf": float(rng.uniform(0.05, 0.25) if stress else rng.uniform(0.02, 0.08)),
         "liver_peak_mmol": float(rng.uniform(0.3, 0.9)),
         "liver_transit_s": float(rng.uniform(12.0, 25.0)),
@@ -113,19 +123,47 @@ def circulation_curves(p: dict, t_end: float) -> tuple:
                "lung_vein": pulm_vein, "lv_blood_mix": shift(lv, mix), "rv_blood_mix": shift(rv, mix)}
 
 
-def fermi_response(t: np.ndarray, tau0: float, k: float, extraction: float, kep: float) -> np.ndarray:
-    fermi = (1.0 + np.exp(-tau0 / k)) / (1.0 + np.exp(np.clip((t - tau0) / k, -50, 50)))
-    return (1.0 - extraction) * fermi + extraction * np.exp(-kep * t)
+def fermi_response(t: np.ndarray, tau0: float, width: float) -> np.ndarray:
+    """Unit-amplitude Fermi impulse response, R(0) = 1."""
+    return (1.0 + np.exp(-tau0 / width)) / (1.0 + np.exp(np.clip((t - tau0) / width, -50, 50)))
+
+
+def exchange_response(t: np.ndarray, fp: float, ps: float, vp: float, ve: float) -> np.ndarray:
+    """2CXM impulse response (1/s) on the plasma input: R(0) = Fp, bi-exponential (Sourbron & Buckley 2011, eq. 7)."""
+    # eigenvalues of d/dt [Cp, Ce]: the 2x2 system matrix A = [[-(Fp+PS)/vp, PS/vp], [PS/ve, -PS/ve]]
+    tr = -(fp + ps) / vp - ps / ve
+    det = fp * ps / (vp * ve)
+    disc = np.sqrt(max(tr * tr / 4.0 - det, 0.0))
+    l1, l2 = tr / 2.0 + disc, tr / 2.0 - disc
+    # R = Fp (1, 0) exp(A t) (1, 0)^T summed over tissue compartments: R(0) = Fp, R'(0) = -Fp^2 / vp
+    w1 = (-fp * fp / vp - fp * l2) / (l1 - l2)
+    return w1 * np.exp(l1 * t) + (fp - w1) * np.exp(l2 * t)
+
+
+def myocardial_params(mbf: float, p: dict) -> dict:
+    """Impulse-response parameters for a flow ``mbf`` (ml/min/g) under the study's model (JSON-able)."""
+    f = mbf * TISSUE_DENSITY / 60.0          # blood flow, 1/s per ml tissue
+    hct = float(p.get("hematocrit", DEFAULT_HEMATOCRIT))
+    e = float(p["extraction"])
+    if p.get("myo_model", "fermi") == "2cxm":
+        fp = f * (1.0 - hct)
+        return {"model": "2cxm", "fp_per_s": fp, "ps_per_s": -fp * np.log(1.0 - e),
+                "vp": TISSUE_DENSITY * p["mbv_ml_per_g"] * (1.0 - hct), "ve": TISSUE_DENSITY * p["ve_ml_per_g"]}
+    vd = p["mbv_ml_per_g"] + e * p["ve_ml_per_g"] / (1.0 - hct)     # ml/g, referenced to blood
+    return {"model": "fermi", "flow_per_s": f, "tau0_s": float(np.clip(60.0 * vd / max(mbf, 1e-3), 1.0, 30.0)),
+            "width_s": float(p["fermi_width_s"])}
 
 
 def myocardial_curve(t: np.ndarray, aif: np.ndarray, mbf: float, p: dict) -> np.ndarray:
-    """Tissue Gd (mmol/L) for a flow ``mbf`` ml/min/g; the leak rate follows the flow (kep = E F rho / 60 / ve)."""
-    f = mbf * TISSUE_DENSITY / 60.0   # 1/s
-    kep = p["extraction"] * f / p["ve"]
-    tau0 = float(np.clip(60.0 * p["mbv_ml_per_g"] / max(mbf, 1e-3), 1.0, 12.0)) if "mbv_ml_per_g" in p else p["fermi_tau0_s"]
-    r = fermi_response(t, tau0, p["fermi_k_s"], p["extraction"], kep)
+    """Tissue Gd (mmol/L) for a flow ``mbf`` ml/min/g from the *blood* AIF ``aif`` (trapezoid convolution)."""
+    q = myocardial_params(mbf, p)
+    if q["model"] == "2cxm":
+        hct = float(p.get("hematocrit", DEFAULT_HEMATOCRIT))
+        r = exchange_response(t, q["fp_per_s"], q["ps_per_s"], q["vp"], q["ve"]) / (1.0 - hct)   # plasma input
+    else:
+        r = q["flow_per_s"] * fermi_response(t, q["tau0_s"], q["width_s"])
     a = np.interp(t - p["myo_delay_s"], t, aif, left=0.0)
-    return f * _conv(a, r) * DT_FINE
+    return (_conv(a, r) - 0.5 * r[0] * a) * DT_FINE
 
 
 def tissue_curves(t: np.ndarray, blood: dict, p: dict, mbf_values: dict) -> dict:
@@ -135,7 +173,9 @@ def tissue_curves(t: np.ndarray, blood: dict, p: dict, mbf_values: dict) -> dict
     out = dict(blood)
     for name in ("air", "epi_fat", "pericardium", "lung", "subcut_fat", "spine"):
         out[name] = zero
-    out["muscle"] = myocardial_curve(t, blood["aorta"], p["muscle_mbf"], {**p, "ve": 0.12, "extraction": 0.6, "myo_delay_s": 0.5, "mbv_ml_per_g": 0.03})
+    out["muscle"] = myocardial_curve(t, blood["aorta"], p["muscle_mbf"], {**p, "myo_model": "2cxm", "ve_ml_per_g": 0.1,
+                                                                        "extraction": 0.6, "myo_delay_s": 0.5,
+                                                                        "mbv_ml_per_g": 0.03})
     portal = _conv(blood["aorta"], transit_kernel(t, p["liver_transit_s"], 2.5))
     liver = 0.25 * blood["aorta"] * 0.08 + portal
     out["liver"] = liver / max(liver.max(), 1e-9) * p["liver_peak_mmol"]

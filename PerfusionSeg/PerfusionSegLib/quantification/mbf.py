@@ -30,7 +30,11 @@ def aif_on_series_times(aif: AIF, series: SliceSeries) -> tuple:
         raise InvalidParameterError(f"AIF is in {aif.units!r} but the series is in mmol/L: convert the AIF to [Gd] first")
     curve = validate_aif_curve(aif.curve, what="AIF")
     t_aif, t_ser = aif.times, series.times
-    if aif.curve.size == series.n_frames and np.allclose(t_aif - t_aif[0], t_ser - t_ser[0], atol=1e-3):
+    same_length = aif.curve.size == series.n_frames
+    # without absolute timing on one side (times starting at 0, e.g. from a frame interval) only the spacing can agree
+    relative = same_length and (t_aif[0] == 0.0 or t_ser[0] == 0.0) and np.allclose(t_aif - t_aif[0], t_ser - t_ser[0],
+                                                                                     atol=1e-3)
+    if (same_length and np.allclose(t_aif, t_ser, atol=1e-3)) or relative:
         on_series = curve
     else:
         tol = 1.0 * series.median_interval   # slices are read a fraction of a beat after the AIF: allow one frame
@@ -38,7 +42,11 @@ def aif_on_series_times(aif: AIF, series: SliceSeries) -> tuple:
             raise InvalidParameterError(
                 f"AIF covers {t_aif[0]:.1f}-{t_aif[-1]:.1f} s ({aif.curve.size} samples) but the series spans "
                 f"{t_ser[0]:.1f}-{t_ser[-1]:.1f} s ({series.n_frames} frames): wrong length or timing")
-        on_series = np.interp(t_ser, t_aif, curve)
+        # each slice is read a fraction of a beat after the AIF image: evaluate the AIF at the slice's own frame
+        # times (shape-preserving PCHIP between the samples; ignoring the offset biases the flow at high flow,
+        # see docs/quantification.md)
+        from scipy.interpolate import PchipInterpolator
+        on_series = PchipInterpolator(t_aif, curve, extrapolate=False)(np.clip(t_ser, t_aif[0], t_aif[-1]))
     foot, peak = detect_foot_peak(on_series, t_ser)
     if aif.foot is not None and aif.curve.size == series.n_frames:
         foot = int(aif.foot)

@@ -34,7 +34,7 @@ TV_MAX = 40.0                                      # s, vp / Fp
 GRID_FP = tuple(np.geomspace(0.02, 1.2, 12))      # Fp with vp = 0.1 (shape only; amplitude is free)
 GRID_PS = tuple(np.geomspace(0.005, 0.6, 7))
 GRID_VE = (0.15, 0.3, 0.6, 1.2, 2.4)
-GRID_DELAY = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
+GRID_DELAY = tuple(np.arange(0.0, 3.01, 0.25))   # fine steps: a coarse delay grid left LM in a wrong basin
 
 
 def two_compartment_response(t: np.ndarray, fp, ps, vp, ve) -> np.ndarray:
