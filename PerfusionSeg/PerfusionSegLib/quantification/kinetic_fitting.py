@@ -136,6 +136,26 @@ def lut_search(y: np.ndarray, basis: np.ndarray, *, amp_max: Optional[float] = N
     return best, amp
 
 
+def lut_search_top(y: np.ndarray, basis: np.ndarray, k: int, *, chunk: int = 2048):
+    """The ``k`` best look-up curves per row (as :func:`lut_search`): returns (index (N, k), amplitude (N, k)),
+    best first. Starting a local fit from several of them avoids a wrong basin that the single best start can lie in."""
+    den = np.maximum((basis.astype(np.float64) ** 2).sum(axis=1), 1e-30)
+    k = int(min(k, basis.shape[0]))
+    best = np.empty((y.shape[0], k), dtype=np.int64)
+    amp = np.empty((y.shape[0], k))
+    for start in range(0, y.shape[0], chunk):
+        yc = y[start:start + chunk]
+        num = (yc @ basis.T).astype(np.float64)
+        c = np.clip(num / den, 0.0, None)
+        score = -2.0 * c * num + c * c * den
+        top = np.argpartition(score, k - 1, axis=1)[:, :k]
+        order = np.argsort(np.take_along_axis(score, top, axis=1), axis=1)
+        top = np.take_along_axis(top, order, axis=1)
+        best[start:start + chunk] = top
+        amp[start:start + chunk] = np.take_along_axis(c, top, axis=1)
+    return best, amp
+
+
 @dataclass
 class LMResult:
     params: np.ndarray        # (N, P)

@@ -133,6 +133,8 @@ def fit_regions(series_gd: SliceSeries, aif: AIF, region_map: np.ndarray, model:
     aif_curve, foot, peak = aif_on_series_times(aif, series_gd)
     tissue = _tissue_curves(series_gd, foot)
     curves = np.stack([tissue[:, regions == i].mean(axis=1) for i in ids])
+    if model == "2cxm":   # few, low-noise curves: let LM converge fully (30 iterations stop short at high flow)
+        kwargs.setdefault("max_iter", 100)
     res = _fit(model, curves, aif_curve, series_gd.times, foot, peak, aif.hematocrit, **kwargs)
     out = {}
     for j, i in enumerate(ids):
