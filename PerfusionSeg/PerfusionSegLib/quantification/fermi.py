@@ -22,8 +22,9 @@ import numpy as np
 from ..errors import InvalidParameterError
 from .aif import detect_foot_peak, validate_aif_curve
 from .blas_threads import single_thread_blas
-from .kinetic_fitting import (TISSUE_DENSITY_G_PER_ML, fine_convolution, levenberg_marquardt, per_second_to_ml_min_g,
-                              lut_search, pad_matrix, regular_grid, resample_rows,
+from .kinetic_fitting import (TISSUE_DENSITY_G_PER_ML, aif_interpolator, fine_convolution, levenberg_marquardt,
+                              per_second_to_ml_min_g,
+                              lut_search, pad_matrix, regular_grid,
                               shift_padded)
 
 # parameter vector: F (1/s), log tau (s), log k (1/s), t0 (s)
@@ -71,7 +72,10 @@ def first_pass_end(aif: np.ndarray, foot: int, peak: int) -> int:
     return int(min(len(y), max(end + 1, foot + 8)))
 
 
-def _prepare(tissue, aif, times, mask):
+def _prepare(tissue, aif, times, mask, aif_times=None):
+    """Curves and AIF on a regular grid over ``times``. With ``aif_times`` the AIF was sampled at its own times
+    (e.g. the AIF image read earlier in each beat than the slice): it is interpolated (PCHIP) onto the grid, and the
+    returned ``aif_at`` lets the models build their fine AIF from the original samples."""
     tissue = np.asarray(tissue, dtype=np.float64)
     shape2d = None
     if tissue.ndim == 3:
@@ -91,11 +95,21 @@ def _prepare(tissue, aif, times, mask):
     times = np.asarray(times, dtype=np.float64).reshape(-1)
     if tissue.shape[1] != times.size:
         raise InvalidParameterError(f"tissue curves have {tissue.shape[1]} frames but {times.size} times are given")
-    aif = validate_aif_curve(aif, times.size)
     if not np.all(np.isfinite(tissue)):
         raise InvalidParameterError("tissue curves contain NaN or Inf")
     grid, dt = regular_grid(times)
-    return resample_rows(tissue, times, grid), resample_rows(aif, times, grid), grid, dt, shape2d, m
+    # irregular frames (ECG jitter, missed beats) stay where they are: the models run on the regular grid and are
+    # read at the frames' positions on it (``pos``, in grid intervals; None when the frames are the grid)
+    pos = None if (grid.size == times.size and np.allclose(grid, times)) else (times - grid[0]) / dt
+    if aif_times is None and pos is None:
+        aif = validate_aif_curve(aif, times.size)
+        return tissue, aif, grid, dt, shape2d, m, None, pos
+    if aif_times is None:      # irregular frames: the AIF samples sit at the same irregular times
+        aif_times = times
+    aif_times = np.asarray(aif_times, dtype=np.float64).reshape(-1)
+    aif = validate_aif_curve(aif, aif_times.size)
+    aif_at = aif_interpolator(aif_times, aif)
+    return tissue, aif_at(grid), grid, dt, shape2d, m, aif_at, pos
 
 
 def _to_map(values: np.ndarray, shape2d, m) -> np.ndarray:
@@ -114,11 +128,14 @@ def fermi_mbf(*args, **kwargs) -> MBFResult:
 
 def _fermi_mbf(tissue: np.ndarray, aif: np.ndarray, times: np.ndarray, mask: Optional[np.ndarray] = None, *,
               foot: Optional[int] = None, peak: Optional[int] = None, window: str = "first_pass",
-              density: float = TISSUE_DENSITY_G_PER_ML, max_iter: int = 20, tol: float = 1e-6, oversample: int = 2, keep_fitted: bool = False) -> MBFResult:
+              density: float = TISSUE_DENSITY_G_PER_ML, max_iter: int = 20, tol: float = 1e-6, oversample: int = 2, keep_fitted: bool = False,
+              aif_times: Optional[np.ndarray] = None) -> MBFResult:
     """Pixel-wise Fermi MBF. tissue: (N, T) curves or a (T, Y, X) series with a (Y, X) mask; aif: (T,) blood [Gd]
-    (baseline removed); times: (T,) s. Irregular times are resampled to the median interval. ``window``:
-    "first_pass" (default) or "all". Maps come back (Y, X) with NaN outside the mask when a series was given."""
-    y, a, grid, dt, shape2d, m = _prepare(tissue, aif, times, mask)
+    (baseline removed); times: (T,) s. With irregular times the model runs on a grid of the median interval and is
+    read at the frame times. ``window``:
+    "first_pass" (default) or "all". Maps come back (Y, X) with NaN outside the mask when a series was given.
+    ``aif_times``: the AIF's own sample times when they differ from the tissue's (same clock)."""
+    y, a, grid, dt, shape2d, m, aif_at, pos = _prepare(tissue, aif, times, mask, aif_times)
     if foot is None or peak is None:
         f_, p_ = detect_foot_peak(a, grid)
         foot = f_ if foot is None else foot
@@ -128,22 +145,28 @@ def _fermi_mbf(tissue: np.ndarray, aif: np.ndarray, times: np.ndarray, mask: Opt
     if window not in ("all", "first_pass"):
         raise InvalidParameterError(f"window must be 'first_pass' or 'all', got {window!r}")
     # the model is causal: frames after the window cannot change the fit, so they are not computed at all
-    y = y[:, :end]
-    nt = end
+    if pos is None:
+        y = y[:, :end]
+        nt = end
+    else:
+        keep = pos <= end - 1 + 1e-9
+        y, pos = y[:, keep], pos[keep]
+        nt = int(keep.sum())
     weights = np.ones(nt)
     # single precision for the curves (halves memory traffic; parameters and normal equations stay double)
     f32 = np.float32
     y = y.astype(f32)
     # model on a grid `oversample` times finer than the frames (PCHIP AIF), delayed there, read back at frame times
     u = max(1, int(oversample))
-    tr, conv = fine_convolution(a[:end], dt, u)
+    tr, conv = fine_convolution(a[:end], dt, u, aif_at=aif_at, t0=float(grid[0]))
     dts = dt / u
     pad = int(np.ceil(UPPER[3] / dts)) + 2                 # zeros for the largest delay: no index clipping
     tr, conv = tr.astype(f32), pad_matrix(conv, pad).astype(f32)
+    fine_pos = None if pos is None else pos * u
 
     def model(p):
         r = fermi_response(tr, p[:, 0], np.exp(p[:, 1]), np.exp(p[:, 2])).astype(f32)
-        return shift_padded(r @ conv, p[:, 3] / dts, stride=u, pad=pad)
+        return shift_padded(r @ conv, p[:, 3] / dts, stride=u, pad=pad, positions=fine_pos)
 
     def model_and_jacobian(p):
         # unit-flow response G and its derivatives in log tau, log k; one stacked matrix product for all three
@@ -160,7 +183,8 @@ def _fermi_mbf(tissue: np.ndarray, aif: np.ndarray, times: np.ndarray, mask: Opt
         dg_dk = -tau * ekt / b - amp * (tr[None, :] - tau) * e / b ** 2
         n = p.shape[0]
         stacked = np.concatenate([g, tau * dg_dtau, k * dg_dk]) @ conv          # (3N, T)
-        out, dout = shift_padded(stacked, p[:, 3] / dts, stride=u, repeat=3, with_derivative=True, pad=pad)
+        out, dout = shift_padded(stacked, p[:, 3] / dts, stride=u, repeat=3, with_derivative=True, pad=pad,
+                                 positions=fine_pos)
         shifted, dshift, ju, jv = out[:n], dout[:n], out[n:2 * n], out[2 * n:]
         jac = np.empty(shifted.shape + (4,), dtype=f32)
         jac[:, :, 0] = shifted

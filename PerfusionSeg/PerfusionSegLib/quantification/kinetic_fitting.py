@@ -53,12 +53,14 @@ def convolution_matrix(aif: np.ndarray, dt: float) -> np.ndarray:
     return dt * m
 
 
-def fine_convolution(aif: np.ndarray, dt: float, oversample: int = 1):
+def fine_convolution(aif: np.ndarray, dt: float, oversample: int = 1, aif_at=None, t0: float = 0.0):
     """(fine times (Tf,), convolution matrix (Tf, Tf)) on a grid ``oversample`` times finer than the frames.
 
     The AIF is sampled every dt but is smooth: it is interpolated with PCHIP (shape preserving, no overshoot).
     A sharp stress AIF rises in 2-3 frames; with linear interpolation (or none) the model's AIF differs enough from
     the true one to bias the fitted flow by a few percent (2CXM: +4%, measured), which PCHIP removes (+1%).
+    ``aif_at``: a callable giving the AIF at absolute times (PCHIP over the AIF's own samples, when they were taken
+    at other times than the tissue frames); the fine grid then starts at ``t0`` (the first tissue frame).
     """
     from scipy.interpolate import PchipInterpolator
 
@@ -66,8 +68,20 @@ def fine_convolution(aif: np.ndarray, dt: float, oversample: int = 1):
     u = max(1, int(oversample))
     t = np.arange(a.size) * dt
     tf = np.arange((a.size - 1) * u + 1) * (dt / u)
-    af = a if u == 1 else PchipInterpolator(t, a)(tf)
+    if aif_at is not None:
+        af = np.asarray(aif_at(t0 + tf), dtype=np.float64)
+    else:
+        af = a if u == 1 else PchipInterpolator(t, a)(tf)
     return tf, convolution_matrix(af, dt / u)
+
+
+def aif_interpolator(aif_times: np.ndarray, aif: np.ndarray):
+    """PCHIP through the AIF samples at their own times, held constant outside them."""
+    from scipy.interpolate import PchipInterpolator
+
+    ta = np.asarray(aif_times, dtype=np.float64)
+    f = PchipInterpolator(ta, np.asarray(aif, dtype=np.float64), extrapolate=False)
+    return lambda t: f(np.clip(np.asarray(t, dtype=np.float64), ta[0], ta[-1]))
 
 
 def pad_matrix(conv: np.ndarray, pad: int = 1) -> np.ndarray:
@@ -78,15 +92,26 @@ def pad_matrix(conv: np.ndarray, pad: int = 1) -> np.ndarray:
 
 
 def shift_padded(padded: np.ndarray, delay_samples: np.ndarray, stride: int = 1, repeat: int = 1,
-                 with_derivative: bool = False, pad: int = 1):
+                 with_derivative: bool = False, pad: int = 1, positions: Optional[np.ndarray] = None):
     """Delay rows of a zero-padded array (``pad`` leading zero columns, then the curve) by ``delay_samples``
     (linear interpolation; before the start the curve is 0) and read every ``stride``-th sample.
 
     ``repeat``: the array stacks ``repeat`` blocks of N rows sharing the N delays. With ``with_derivative``, also
-    returns d(out)/d(delay) per sample.
+    returns d(out)/d(delay) per sample. ``positions``: read the curve at these (fractional) sample positions instead
+    of every ``stride``-th sample (frames at irregular times, e.g. ECG-triggered with a missed beat).
     """
     rows, tp = padded.shape
     t = tp - pad
+    if positions is not None:
+        d = np.tile(np.asarray(delay_samples, dtype=np.float64).reshape(-1), repeat)
+        q = np.clip(np.asarray(positions, dtype=np.float64)[None, :] - d[:, None], -1.0, t - 1.0)
+        lo = np.minimum(np.floor(q).astype(np.int64), t - 2)          # curve index, -1 = the zero before the start
+        w = (q - lo).astype(padded.dtype)
+        flat = (tp * np.arange(rows) + pad)[:, None] + lo
+        vals = padded.ravel()
+        a, b = vals[flat], vals[flat + 1]
+        out = a + w * (b - a)
+        return (out, a - b) if with_derivative else out
     d = np.clip(np.asarray(delay_samples, dtype=np.float64).reshape(-1), 0.0, t - 1.0)
     m = np.floor(d).astype(np.int64)
     f = np.tile((d - m)[:, None], (repeat, 1)).astype(padded.dtype)

@@ -12,6 +12,7 @@ import numpy as np
 from ..errors import InvalidLabelsError, InvalidParameterError
 from ..series import AIF, SliceSeries
 from .aif import detect_foot_peak, subtract_baseline, validate_aif_curve
+from .kinetic_fitting import aif_interpolator
 from .fermi import MBFResult, fermi_mbf
 from .two_compartment import two_compartment_mbf
 
@@ -25,15 +26,18 @@ MAP_KEYS = {
 
 
 def aif_on_series_times(aif: AIF, series: SliceSeries) -> tuple:
-    """(blood AIF on the series' frame times with its baseline removed, foot, peak) — or a clear error."""
+    """(blood AIF on the series' frame times with its baseline removed, foot, peak, own) — or a clear error.
+    ``own``: None, or (AIF times, AIF samples minus the same baseline) when the AIF was sampled at other times
+    than the series (the fitters then build their fine AIF from these samples)."""
     if aif.units not in ("mmol/L",) and series.units == "mmol/L":
         raise InvalidParameterError(f"AIF is in {aif.units!r} but the series is in mmol/L: convert the AIF to [Gd] first")
     curve = validate_aif_curve(aif.curve, what="AIF")
     t_aif, t_ser = aif.times, series.times
     same_length = aif.curve.size == series.n_frames
-    # without absolute timing on one side (times starting at 0, e.g. from a frame interval) only the spacing can agree
-    relative = same_length and (t_aif[0] == 0.0 or t_ser[0] == 0.0) and np.allclose(t_aif - t_aif[0], t_ser - t_ser[0],
-                                                                                     atol=1e-3)
+    # a series timed from its own first frame (t = 0: readers, files with a frame interval) carries no offset to the
+    # AIF: then only the spacing can agree. Otherwise the times are absolute (e.g. the phantom: AIF image first in the
+    # beat, each slice later) and the AIF is evaluated at the slice's times.
+    relative = same_length and t_ser[0] == 0.0 and np.allclose(t_aif - t_aif[0], t_ser - t_ser[0], atol=1e-3)
     if (same_length and np.allclose(t_aif, t_ser, atol=1e-3)) or relative:
         on_series = curve
     else:
@@ -45,14 +49,15 @@ def aif_on_series_times(aif: AIF, series: SliceSeries) -> tuple:
         # each slice is read a fraction of a beat after the AIF image: evaluate the AIF at the slice's own frame
         # times (shape-preserving PCHIP between the samples; ignoring the offset biases the flow at high flow,
         # see docs/quantification.md)
-        from scipy.interpolate import PchipInterpolator
-        on_series = PchipInterpolator(t_aif, curve, extrapolate=False)(np.clip(t_ser, t_aif[0], t_aif[-1]))
+        on_series = aif_interpolator(t_aif, curve)(t_ser)
     foot, peak = detect_foot_peak(on_series, t_ser)
     if aif.foot is not None and aif.curve.size == series.n_frames:
         foot = int(aif.foot)
     if aif.peak is not None and aif.curve.size == series.n_frames:
         peak = int(aif.peak)
-    return subtract_baseline(on_series, foot), foot, peak
+    baseline = float(np.mean(on_series[: max(1, foot + 1)]))
+    own = None if on_series is curve else (np.asarray(t_aif, float), curve - baseline)
+    return subtract_baseline(on_series, foot), foot, peak, own
 
 
 def _tissue_curves(series: SliceSeries, foot: int) -> np.ndarray:
@@ -69,7 +74,10 @@ def _check_series(series: SliceSeries) -> None:
 
 
 def _fit(model: str, curves: np.ndarray, aif_curve: np.ndarray, times: np.ndarray, foot: int, peak: int,
-         hematocrit: float, **kwargs) -> MBFResult:
+         hematocrit: float, own=None, **kwargs) -> MBFResult:
+    if own is not None:   # fit with the AIF's own samples and times
+        kwargs["aif_times"] = own[0]
+        aif_curve = own[1]
     if model == "fermi":
         return fermi_mbf(curves, aif_curve, times, foot=foot, peak=peak, **kwargs)
     if model == "2cxm":
@@ -101,9 +109,9 @@ def compute_mbf_map(series_gd: SliceSeries, aif: AIF, mask: np.ndarray, model: s
     mask = mask.astype(bool)
     if not mask.any():
         raise InvalidLabelsError("the mask selects no pixel")
-    aif_curve, foot, peak = aif_on_series_times(aif, series_gd)
+    aif_curve, foot, peak, own = aif_on_series_times(aif, series_gd)
     curves = _tissue_curves(series_gd, foot)[:, mask].T
-    res = _fit(model, curves, aif_curve, series_gd.times, foot, peak, aif.hematocrit, **kwargs)
+    res = _fit(model, curves, aif_curve, series_gd.times, foot, peak, aif.hematocrit, own, **kwargs)
     maps = {}
 
     def put(values):
@@ -130,12 +138,12 @@ def fit_regions(series_gd: SliceSeries, aif: AIF, region_map: np.ndarray, model:
     ids = [int(i) for i in np.unique(regions) if i != 0]
     if not ids:
         raise InvalidLabelsError("the region map holds no region (all zero)")
-    aif_curve, foot, peak = aif_on_series_times(aif, series_gd)
+    aif_curve, foot, peak, own = aif_on_series_times(aif, series_gd)
     tissue = _tissue_curves(series_gd, foot)
     curves = np.stack([tissue[:, regions == i].mean(axis=1) for i in ids])
     if model == "2cxm":   # few, low-noise curves: let LM converge fully (30 iterations stop short at high flow)
         kwargs.setdefault("max_iter", 100)
-    res = _fit(model, curves, aif_curve, series_gd.times, foot, peak, aif.hematocrit, **kwargs)
+    res = _fit(model, curves, aif_curve, series_gd.times, foot, peak, aif.hematocrit, own, **kwargs)
     out = {}
     for j, i in enumerate(ids):
         entry = {"mbf": float(res.mbf[j]), "n_pixels": int((regions == i).sum()), "curve": curves[j],

@@ -55,33 +55,36 @@ def two_compartment_response(t: np.ndarray, fp, ps, vp, ve) -> np.ndarray:
 def two_compartment_mbf(tissue: np.ndarray, aif: np.ndarray, times: np.ndarray, mask: Optional[np.ndarray] = None, *,
                         hematocrit: float = DEFAULT_HEMATOCRIT, density: float = TISSUE_DENSITY_G_PER_ML,
                         max_iter: int = 30, keep_fitted: bool = False, oversample: int = 4,
-                        min_vascular_transit_s: Optional[float] = None) -> MBFResult:
+                        min_vascular_transit_s: Optional[float] = None,
+                        aif_times: Optional[np.ndarray] = None) -> MBFResult:
     """Pixel-wise 2CXM fit. tissue (N, T) or (T, Y, X) + mask; aif: (T,) *blood* [Gd], baseline removed.
     Returns MBFResult with mbf and params {mbf, ps, vp, visf (ml/g), delay_s, fp_per_s, ...}."""
     with single_thread_blas():
         return _two_compartment_mbf(tissue, aif, times, mask, hematocrit=hematocrit, density=density,
                                     max_iter=max_iter, keep_fitted=keep_fitted, oversample=oversample,
-                                    min_vascular_transit_s=min_vascular_transit_s)
+                                    min_vascular_transit_s=min_vascular_transit_s, aif_times=aif_times)
 
 
 def _two_compartment_mbf(tissue, aif, times, mask, *, hematocrit, density, max_iter, keep_fitted, oversample,
-                         min_vascular_transit_s):
+                         min_vascular_transit_s, aif_times=None):
     if not 0.0 <= hematocrit < 1.0:
         raise InvalidParameterError(f"haematocrit must be in [0, 1), got {hematocrit}")
-    y, a, grid, dt, shape2d, m = _prepare(tissue, aif, times, mask)
+    y, a, grid, dt, shape2d, m, aif_at, pos = _prepare(tissue, aif, times, mask, aif_times)
     plasma = a / (1.0 - hematocrit)
-    nt = grid.size
+    nt = y.shape[1]
     # the bi-exponential falls fast (vascular transit 1-3 s): the model runs on a grid `oversample` times finer than
     # the frames (PCHIP AIF), is delayed there, and is read back at the frame times
     u = max(1, int(oversample))
-    tr, conv = fine_convolution(plasma, dt, u)
+    plasma_at = None if aif_at is None else (lambda t: aif_at(t) / (1.0 - hematocrit))
+    tr, conv = fine_convolution(plasma, dt, u, aif_at=plasma_at, t0=float(grid[0]))
     conv = pad_matrix(conv)
+    fine_pos = None if pos is None else pos * u
     scale = np.maximum(np.abs(y).max(axis=1, keepdims=True), 1e-6)   # fit in normalised units: better conditioning
     yn = y / scale
 
     def model_raw(p):
         r = two_compartment_response(tr, p[:, 0], p[:, 1], p[:, 2], p[:, 3])
-        return shift_padded(r @ conv, p[:, 4] / (dt / u), stride=u)
+        return shift_padded(r @ conv, p[:, 4] / (dt / u), stride=u, positions=fine_pos)
 
     # look-up start: shapes with vp = VP_REF; a common factor c scales (Fp, PS, vp, ve) and the curve
     combos = np.array(list(itertools.product(GRID_FP, GRID_PS, GRID_VE, GRID_DELAY)))
