@@ -3,19 +3,33 @@
 During the first pass the contrast bolus lights up the RV blood pool first and the LV blood pool a few heartbeats
 later. The rule used here:
 
-1. Smooth lightly (space and time), put the frames on a regular time grid, and subtract a pre-contrast baseline
-   (frames before the bolus reaches the brightest pixels).
-2. Blood-pool candidates are pixels whose peak enhancement is high relative to the brightest enhancing structures
-   of the slice (a fraction of the 99.5th percentile of peak enhancement).
-3. Each candidate pixel gets an arrival time: the time its enhancement first reaches half of its own peak.
-   Early-arriving candidates form the RV (and pulmonary artery), late ones the LV (and aorta, pulmonary veins).
-   The split time is Otsu's threshold on the arrival times of the candidates.
-4. Late components are scored for being large, round (solid, low eccentricity), strongly enhancing and beside the
-   largest early component (the RV); the best is the LV. Its centre is the pixel deepest inside the component
-   (distance-transform maximum) unless the centroid is itself well inside, so that the centre always lies in the
-   blood pool even when papillary muscles make the region crescent-shaped.
-5. Confidence grows with the separation in arrival time between RV and LV, the score margin over the runner-up,
-   and the roundness of the chosen region; it is lower when no RV was found.
+1. Put the frames on a regular time grid (real, possibly irregular times), smooth lightly (~1.5 mm, one frame) and
+   subtract a pre-contrast baseline (frames before the bolus reaches the brightest pixels). Peak enhancement is
+   taken within the first pass (up to 20 s after the brightest peak), so recirculation does not count.
+2. Per pixel: an arrival time (when enhancement first reaches half of its own peak) and a contrast-to-noise ratio
+   (peak over the robust spread of the curve around a smoothed copy). Pixels that flicker or oscillate with
+   breathing motion or ghosting (body edges) have a low ratio and are not trusted.
+3. Blood-pool candidates: trusted pixels above a fraction of the slice's brightest enhancement (99.5th percentile),
+   tried at several fractions. RV candidates: the earliest-arriving part of each candidate region, thick (> ~6 mm)
+   if possible (thin early bands are body edges or ghosts, or a thin apical RV: kept at half weight), weighed by
+   enhancement mass times contrast-to-noise.
+4. For each RV candidate, LV candidates: trusted pixels within 60 mm that arrive 1.5-20 s after it, cut at several
+   fractions of their own brightness (the LV can enhance much less than the RV in signal images). Components are
+   scored for size, roundness, fill, solidity (a ring of myocardium around a pool is no pool; a region wrapped around
+   the RV candidate is rejected), brightness against the local and the slice's brightest enhancement (organs such as
+   the liver enhance late but weakly) and a gap to the RV no wider than a septum. The best RV/LV pair wins; the pair
+   score also weighs the RV candidate's mass, and an RV candidate that lights up a lag step after another one
+   (it is then the LV or the aorta) counts a tenth.
+5. The centre is the centroid of the chosen region when it is well inside it, else the point deepest inside
+   (distance-transform maximum), so it lies in the blood pool even for crescent-shaped regions. When the region's
+   arrival times spread by more than a frame (myocardium joined to the pool: it is fed through the coronaries and
+   lights up later), its latest and dimmest pixels are dropped first.
+6. Confidence grows with the RV-LV separation in arrival time (relative to the spread inside each), the score
+   margin over the best distinct rival and the roundness of the LV; it is lower when no RV was found.
+
+Without spacing (plain arrays) sizes in mm are unknown: a few fields of view are tried and the most confident answer
+is kept. Without times one frame per second is assumed (one frame per heartbeat is the usual acquisition).
+Measured on all labelled real series and on phantom slices: docs/preprocessing.md, scripts/evaluate_localisation.py.
 """
 from __future__ import annotations
 
@@ -32,9 +46,14 @@ from .series import SliceSeries
 __all__ = ["LVLocation", "locate_lv"]
 
 FIRST_PASS_S = 20.0     # the first pass ends this long after the brightest (RV) peak
-CNR_MIN = 5.0           # peak enhancement over frame-to-frame noise below which a pixel is not trusted
-MIN_LAG_S = 1.5         # ... and at least this long (or one frame)
-RV_MIN_HALF_THICKNESS_MM = 4.5  # the RV blood pool is thicker than ~9 mm; thinner early bands are edges or ghosts
+CNR_MIN = 5.0           # peak enhancement over the curve's own noise below which a pixel is not trusted
+MIN_LAG_S = 1.5         # the LV arrives at least this long (or one frame) after the RV
+RV_MIN_HALF_THICKNESS_MM = 3.0  # RV blood pool thicker than ~6 mm; thinner early bands are edges, ghosts or thin RVs
+WEAK_POOL_FRACTION = 0.3   # of the brightest enhancement: a blood pool enhancing less than this is suspect
+RV_WEIGHT_POWER = 0.5   # how much the RV candidate's mass counts in an RV/LV pair
+LATE_RV_FACTOR = 0.1    # an "RV" lighting up a lag step after another candidate is probably the LV or the aorta
+NO_RV_FACTOR = 0.5      # scores of LVs found without any RV candidate
+THIN_RV_FACTOR = 0.5    # weight of an early region thinner than the RV thickness filter
 LV_CUTS = (0.5, 0.65, 0.8)  # fractions of the bright late enhancement tried for the LV blood pool
 MAX_LAG_S = 20.0        # RV-to-LV arrival delay is a few heartbeats (pulmonary transit); longer is recirculation
 
@@ -103,6 +122,22 @@ def _region_shape(mask: np.ndarray) -> tuple:
     ellipse_area = 4.0 * np.pi * np.sqrt(ev[0] * ev[1])  # area of the ellipse with the same second moments
     fill = float(min(1.0, len(yy) / max(ellipse_area, 1e-6)))
     return roundness, fill
+
+
+def _blood_core(mask: np.ndarray, peak: np.ndarray, arrival: np.ndarray, dt: float) -> np.ndarray:
+    """The part of a found region that is blood rather than myocardium joined to it: myocardium is fed through the
+    coronaries, so it enhances after the LV blood and (usually) less. Only when the region's arrival times really
+    spread (more than a frame between quartiles) are its latest and dimmest pixels dropped."""
+    q1, q3 = np.percentile(arrival[mask], [25.0, 75.0])
+    if q3 - q1 <= max(dt, 1.0):
+        return mask
+    core = mask & (arrival <= np.percentile(arrival[mask], 70.0)) & (peak >= np.percentile(peak[mask], 25.0))
+    lab, n = ndimage.label(core)
+    if n == 0:
+        return mask
+    sizes = ndimage.sum_labels(core, lab, index=np.arange(1, n + 1))
+    biggest = lab == int(np.argmax(sizes)) + 1
+    return biggest if biggest.sum() >= 0.2 * mask.sum() else mask
 
 
 def _interior_point(mask: np.ndarray) -> tuple:
@@ -178,14 +213,14 @@ def locate_lv(series: Union[SliceSeries, np.ndarray], spacing: Optional[Sequence
         min_area_px = max(4.0, 60.0 / mm ** 2)                    # ~9 mm diameter
         for level in (0.45, 0.35, 0.55, 0.25):
             result = _search(level, peak, arrival, reliable, cnr, ref, min_area_px, mm, dt)
-            if result is not None and (best is None or result["confidence"] > best["confidence"]):
+            if result is not None and (best is None or result["score"] > best["score"]):
                 best = result
             if result is not None and result["confidence"] >= 0.6:
                 break
     if best is None:
         raise InvalidSeriesError("could not find a blood pool that enhances during the first pass")
     lv_mask, rv_mask = best["lv_mask"], best["rv_mask"]
-    center = _interior_point(lv_mask)
+    center = _interior_point(_blood_core(lv_mask, peak, arrival, dt))
     rv_center = _interior_point(rv_mask) if rv_mask is not None else None
     method = ("first-pass arrival timing (RV early, LV late)" if rv_mask is not None
               else "first-pass enhancement (no RV found)")
@@ -225,13 +260,19 @@ def _rv_candidates(cand, peak, arrival, cnr, min_area, mm, dt, keep=4):
         t0 = float(np.percentile(arrival[region], 10.0))
         early = region & (arrival <= t0 + step)
         thick = ndimage.binary_opening(early, structure=disk)
-        if thick.sum() < min_area:
-            continue
         lab, _ = ndimage.label(early)
-        core_labels = np.unique(lab[thick])
-        sizes = ndimage.sum_labels(thick, lab, index=core_labels)
-        mask = lab == core_labels[int(np.argmax(sizes))]   # the thickest early piece, with its shaved rim
-        weight = float(peak[mask].sum()) * float(np.median(cnr[mask]))
+        if thick.sum() >= min_area:
+            core_labels = np.unique(lab[thick])
+            sizes = ndimage.sum_labels(thick, lab, index=core_labels)
+            mask = lab == core_labels[int(np.argmax(sizes))]   # the thickest early piece, with its shaved rim
+            thin = 1.0
+        else:   # a thin early region (apical RV crescent, or an edge/ghost band): kept, but weighing less
+            sizes = ndimage.sum_labels(early, lab, index=np.arange(1, lab.max() + 1))
+            if sizes.max() < min_area:
+                continue
+            mask = lab == int(np.argmax(sizes)) + 1
+            thin = THIN_RV_FACTOR
+        weight = thin * float(peak[mask].sum()) * float(np.median(cnr[mask]))
         out.append((weight, mask))
     out.sort(key=lambda x: -x[0])
     return out[:keep]
@@ -247,27 +288,35 @@ def _lv_beside(rv_mask, peak, arrival, reliable, ref, min_area, mm, dt):
             & (arrival <= rv_time + MAX_LAG_S) & (peak > 0.2 * ref))
     if pool.sum() < min_area:
         return []
-    late_ref = float(np.percentile(peak[pool], 95.0))
+    late_ref = float(np.percentile(peak[pool], 99.0))
     # several cuts: the blood pool is the bright core, myocardium joins it at low cuts and lowers its score
     scores = []
     for frac in LV_CUTS:
         late = pool & (peak > frac * late_ref)
         late = ndimage.binary_opening(late) if late.sum() > 50 else late
-        scores += _score_lv(late, peak, late_ref, min_area, dist_rv)
+        scores += _score_lv(late, peak, late_ref, ref, min_area, dist_rv, rv_mask)
     scores.sort(key=lambda x: -x[0])
     return scores
 
 
-def _score_lv(late, peak, ref, min_area, dist_rv):
+def _score_lv(late, peak, local_ref, ref, min_area, dist_rv, rv_mask=None):
+    """Score components as LV blood pool: size, roundness, fill, solidity, brightness, adjacency to the RV."""
     llab, lids = _components(late, min_area)
     scores = []
     for i in lids:
         m = llab == i
-        roundness, fill = _region_shape(m)
-        strength = float(peak[m].mean() / ref)
         filled = ndimage.binary_fill_holes(m)
+        if rv_mask is not None:
+            cy, cx = (int(round(v)) for v in ndimage.center_of_mass(m))
+            if (filled & rv_mask).any() or rv_mask[cy, cx]:
+                continue    # a region wrapped around the "RV" is myocardium around a pool, never the LV itself
+        roundness, fill = _region_shape(m)
         solid = float(m.sum()) / float(filled.sum())   # a ring (myocardium around a pool) is not a blood pool
-        s = np.sqrt(m.sum()) * (0.3 + roundness) * (0.3 + fill) * strength ** 2 * solid ** 2
+        strength = float(peak[m].mean() / local_ref)
+        # organs (liver, spleen) enhance late and can be large, but far less than blood: weigh the enhancement
+        # against the slice's brightest pools too (the LV of signal images reaches >~40% of the RV)
+        absolute = min(1.0, float(peak[m].mean() / ref) / WEAK_POOL_FRACTION)
+        s = np.sqrt(m.sum()) * (0.3 + roundness) * (0.3 + fill) * strength ** 2 * solid ** 2 * absolute ** 2
         if dist_rv is not None:
             gap_mm = float(dist_rv[m].min())
             s /= 1.0 + (max(0.0, gap_mm - 12.0) / 6.0) ** 2  # beside the RV: a septum is ~10 mm
@@ -289,18 +338,20 @@ def _search(level, peak, arrival, reliable, cnr, ref, min_area, mm, dt):
         lvs = _lv_beside(rv_mask, peak, arrival, reliable, ref, min_area, mm, dt)
         if not lvs:
             continue
-        # the RV is the first strong pool to light up: a candidate arriving a lag step after another is likely the LV
+        # the RV is the first strong pool to light up: a candidate arriving a lag step after another is likely the
+        # LV (or the aorta) itself
         late_rv = float(np.median(arrival[rv_mask])) - first_arrival > max(dt, MIN_LAG_S)
-        pair_score = lvs[0][0] * (rv_weight / rvs[0][0]) ** 0.25 * (0.25 if late_rv else 1.0)
+        pair_score = lvs[0][0] * (rv_weight / rvs[0][0]) ** RV_WEIGHT_POWER * (LATE_RV_FACTOR if late_rv else 1.0)
         if best is None or pair_score > best[0]:
             best = (pair_score, rv_mask, lvs)
     if best is not None:
-        _, rv_mask, lvs = best
+        score, rv_mask, lvs = best
     else:  # no RV / LV pair: the roundest bright late region, with lower confidence
         rv_mask = None
-        lvs = _score_lv(cand & (arrival > _otsu(arrival[cand])), peak, ref, min_area, None)
+        lvs = _score_lv(cand & (arrival > _otsu(arrival[cand])), peak, ref, ref, min_area, None)
         if not lvs:
             return None
+        score = NO_RV_FACTOR * lvs[0][0]
     s0, lv_mask, roundness = lvs[0]
     rivals = [sc for sc, m, _ in lvs[1:] if not (m & lv_mask).any()]   # the same pool at another cut is no rival
     margin = 1.0 - (rivals[0] / s0 if rivals else 0.0)
@@ -312,4 +363,4 @@ def _search(level, peak, arrival, reliable, cnr, ref, min_area, mm, dt):
         separation = 0.0
     confidence = (0.4 * separation + 0.35 * margin + 0.25 * roundness) * (1.0 if rv_mask is not None else 0.6)
     return {"confidence": float(np.clip(confidence, 0, 1)), "lv_mask": lv_mask, "rv_mask": rv_mask,
-            "candidates": cand, "level": level}
+            "candidates": cand, "level": level, "score": float(score)}

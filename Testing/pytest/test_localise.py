@@ -160,3 +160,15 @@ def test_qperf_gd_series_sane(name):
     ny, nx = img.shape[1:]
     assert ny / 3 < loc.center_yx[0] < 2 * ny / 3 and nx / 3 < loc.center_yx[1] < 2 * nx / 3
     assert loc.rv_center_yx is not None and np.hypot(*np.subtract(loc.rv_center_yx, loc.center_yx)) > 5
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# synthetic phantom (the 200-slice figure is measured by scripts/evaluate_localisation.py --phantom 200)
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("preset,seed,condition", [("siemens-flash-3t", 11, "stress"), ("ge-gre-3t", 12, "rest")])
+def test_phantom_slices_hit(preset, seed, condition):
+    phantom = pytest.importorskip("PerfusionSegLib.phantom", reason="phantom module not in this tree")
+    ps = phantom.generate_study(preset=preset, seed=seed, condition=condition, n_slices=3)
+    for s, truth in zip(ps.study.slices, ps.truth):
+        loc = locate_lv(s)
+        assert _inside(truth.labels == 1, loc.center_yx), (preset, seed, s.level, loc.center_yx)
