@@ -41,7 +41,9 @@ def aif_on_series_times(aif: AIF, series: SliceSeries) -> tuple:
     if (same_length and np.allclose(t_aif, t_ser, atol=1e-3)) or relative:
         on_series = curve
     else:
-        tol = 1.0 * series.median_interval   # slices are read a fraction of a beat after the AIF: allow one frame
+        # slices are read a fraction of a beat after the AIF (the last slice of a fast heart rate up to ~1.3 beats
+        # later): allow 1.5 frames, the AIF is held at its last sample beyond its end
+        tol = 1.5 * series.median_interval
         if t_aif[0] > t_ser[0] + tol or t_aif[-1] < t_ser[-1] - tol:
             raise InvalidParameterError(
                 f"AIF covers {t_aif[0]:.1f}-{t_aif[-1]:.1f} s ({aif.curve.size} samples) but the series spans "
