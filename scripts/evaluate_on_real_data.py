@@ -85,7 +85,7 @@ def main(argv=None) -> int:
                 from PerfusionSegLib.inference import segment_series
                 res = segment_series(series, model)
                 row.update(resunet_myo=_dice(res.labels, ref, 2), resunet_bp=_dice(res.labels, ref, 1),
-                           resunet_flags=[k for k, v in (res.qc or {}).items() if v is True])
+                           resunet_flags=list((res.qc or {}).get("flags", [])))
             if pool is not None:
                 from PerfusionDAUGSLib.daugs import run_daugs
                 res = run_daugs(series, pool, fast=args.fast, device="cpu")
