@@ -14,13 +14,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import add_geometry_options, geometry_kwargs
+from .common import add_geometry_options, geometry_kwargs, unique_stems
 
 METHOD_DEFAULTS = {
     "resunet": {"spacing_mm": 1.0, "scale": None, "size": 176, "n_frames": 48, "temporal": "linear", "dt": 0.5},
     "daugs": {"spacing_mm": None, "scale": 2.0, "size": 128, "n_frames": 30, "temporal": "pchip", "dt": 0.5},
 }
-_SUFFIXES = (".seq.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mat", ".npz", ".npy", ".dcm")
 
 
 def register(subparsers) -> None:
@@ -43,23 +42,6 @@ def register(subparsers) -> None:
     g.add_argument("--normalise", choices=("robust_max", "none"), default=None,
                    help="intensity scaling (default robust_max; 'none' for [Gd] in mmol/L)")
     p.set_defaults(func=run)
-
-
-def stem_of(path: str) -> str:
-    name = Path(str(path).rstrip("/\\")).name
-    for suf in _SUFFIXES:
-        if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return name
-
-
-def unique_stems(paths) -> list:
-    stems, seen = [], {}
-    for p in paths:
-        s = stem_of(p)
-        seen[s] = seen.get(s, 0) + 1
-        stems.append(s if seen[s] == 1 else f"{s}_{seen[s]}")
-    return stems
 
 
 def prepare_kwargs(args: argparse.Namespace, series) -> dict:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_geometry_options, geometry_kwargs
+from .common import add_geometry_options, geometry_kwargs, unique_stems
 
 DEFAULT_RESUNET_MODEL = "resunet"   # what the training pipeline exports (resunet.json + resunet.pt)
 
@@ -27,23 +27,6 @@ def register(subparsers) -> None:
     p.add_argument("--bf16", action="store_true", help="bfloat16 inference (faster on CPUs with AVX512-BF16 and GPUs)")
     add_geometry_options(p)
     p.set_defaults(func=run)
-
-
-def stem_of(path: str) -> str:
-    name = Path(path.rstrip("/\\")).name
-    for suf in (".seq.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mat", ".npz", ".npy", ".dcm"):
-        if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return name
-
-
-def _unique_stems(paths) -> list:
-    stems, seen = [], {}
-    for p in paths:
-        s = stem_of(p)
-        seen[s] = seen.get(s, 0) + 1
-        stems.append(s if seen[s] == 1 else f"{s}_{seen[s]}")
-    return stems
 
 
 def _default_resunet() -> str:
@@ -88,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         daugs_results = run_daugs(series_list, args.pool, umap_stride=args.umap_stride, seg_stride=16,
                                   device=args.device, bf16=args.bf16)
     out.mkdir(parents=True, exist_ok=True)
-    for i, (stem, series) in enumerate(zip(_unique_stems(args.inputs), series_list)):
+    for i, (stem, series) in enumerate(zip(unique_stems(args.inputs), series_list)):
         if args.method == "resunet":
             from ..inference import segment_series
             result = segment_series(series, model, bf16=args.bf16)
