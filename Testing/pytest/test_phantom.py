@@ -292,3 +292,18 @@ def test_pose_affine_mirrors_columns_and_aha_gets_anterior():
         if len(seen) == 2:
             break
     assert seen == {True, False}
+
+
+def test_insertion_point_solve_inverts_the_forward_warp():
+    from PerfusionSegLib.phantom import anatomy as A
+    anat = A.sample_anatomy(np.random.default_rng(5), "mid", rotation_sd_deg=40.0, allow_mirror=True)
+    anat["pose"] = {"rotation_deg": 37.0, "mirror": True}
+    grid = A.Grid(96, 112, 1.9, (-15.0, 6.0))
+    py, px = A.body_point_to_pixel(21.0, -13.0, anat, grid)
+    x = np.array([(px - (grid.nx - 1) / 2.0) * grid.spacing])
+    y = np.array([(py - (grid.ny - 1) / 2.0) * grid.spacing])
+    xb, yb = A._to_body(x, y, anat, grid, dtype=np.float64)
+    assert abs(xb[0] - 21.0) < 1e-4 and abs(yb[0] + 13.0) < 1e-4
+    # the pose-only inverse (warp ignored) misses it by the warp displacement
+    ay, ax = A._from_body_point(21.0, -13.0, anat, grid)
+    assert np.hypot(ay - py, ax - px) > 1e-3

@@ -207,7 +207,7 @@ class Grid:
         return np.meshgrid(xs, ys)
 
 
-def _to_body(x, y, anat: dict, grid: Grid):
+def _to_body(x, y, anat: dict, grid: Grid, dtype=np.float32):
     """Image mm (relative to grid centre) -> warped body frame mm."""
     pose = anat["pose"]
     c, s = np.cos(np.radians(pose["rotation_deg"])), np.sin(np.radians(pose["rotation_deg"]))
@@ -224,7 +224,7 @@ def _to_body(x, y, anat: dict, grid: Grid):
             yb = yb + amp * np.sin(arg)
         else:
             xb = xb + amp * np.sin(arg)
-    return xb.astype(np.float32), yb.astype(np.float32)
+    return xb.astype(dtype), yb.astype(dtype)
 
 
 def _from_body_point(xb, yb, anat, grid: Grid):
@@ -247,31 +247,13 @@ def body_point_to_pixel(xb: float, yb: float, anat: dict, grid: Grid, *, iterati
     for _ in range(iterations):
         x = np.array([(px - (grid.nx - 1) / 2.0) * grid.spacing])
         y = np.array([(py - (grid.ny - 1) / 2.0) * grid.spacing])
-        fx, fy = _to_body_f64(x, y, anat, grid)
+        fx, fy = _to_body(x, y, anat, grid, dtype=np.float64)   # double: a point solve needs the digits
         gy, gx = _from_body_point(float(fx[0]), float(fy[0]), anat, grid)
         dy, dx = ty - gy, tx - gx        # body-frame residual mapped by the (linear) pose-only inverse, in pixels
         py, px = py + dy, px + dx
         if abs(dy) + abs(dx) < 1e-6:
             break
     return float(py), float(px)
-
-
-def _to_body_f64(x, y, anat: dict, grid: Grid):
-    """``_to_body`` in double precision (the rendering uses float32; a point solve needs more digits)."""
-    pose = anat["pose"]
-    c, s = np.cos(np.radians(pose["rotation_deg"])), np.sin(np.radians(pose["rotation_deg"]))
-    xb, yb = c * x + s * y, -s * x + c * y
-    if pose["mirror"]:
-        xb = -xb
-    xb, yb = xb + grid.centre[0], yb + grid.centre[1]
-    for amp, wl, direction, phase, axis in anat["warp"]:
-        d = np.radians(direction)
-        arg = (2 * np.pi / wl) * (np.cos(d) * xb + np.sin(d) * yb) + np.radians(phase)
-        if axis:
-            yb = yb + amp * np.sin(arg)
-        else:
-            xb = xb + amp * np.sin(arg)
-    return xb, yb
 
 
 def pose_affine(anat: dict, grid: Grid, slice_thickness: float, z_mm: float = 0.0) -> np.ndarray:
