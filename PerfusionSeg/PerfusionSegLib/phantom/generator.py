@@ -435,7 +435,8 @@ def generate_study(preset: str = P.DEFAULT_PRESET, seed: int = 0, condition: str
         affine = A.pose_affine(anat, grid, thickness, z_mm=-i * gap)
         series = SliceSeries(data=r["data"], times=times, spacing=(out_spacing, out_spacing), affine=affine, level=lv,
                              slice_position=-i * gap, condition=condition, units=units, source=f"phantom:{preset}:seed{seed}",
-                             pd_frames=r["pd"], metadata={"phantom": True, "slice_thickness_mm": thickness})
+                             pd_frames=r["pd"], metadata={"phantom": True, "slice_thickness_mm": thickness,
+                                                           "dicom": dicom_header(acq, thickness)})
         slices.append(series)
         truths.append(SliceTruth(labels=r["labels"], aha_segments=r["aha"], mbf=r["mbf"], insertion_points_yx=r["ips"],
                                  tissue_curves=r["curves"], gd=r["gd"], level=lv, myo_depth=r["depth"]))
@@ -485,6 +486,17 @@ def _aif_image_series(anat, acq, circ, t_fine, blood, t_beats, rng_noise, fov_ce
     series = SliceSeries(data=r["data"], times=t_beats, spacing=(spacing, spacing), level=None, condition=condition,
                          units="signal", source="phantom:aif-images", metadata={"phantom": True, "aif_images": True})
     return series, mask
+
+
+def dicom_header(acq: dict, thickness: float) -> dict:
+    """The sequence parameters a scanner would write into the DICOM header (the keywords the [Gd] conversion reads:
+    quantification.gd_conversion.sequence_from_metadata); what DICOM does not carry (ordering, saturation efficiency,
+    relaxivity) is left to the reader's defaults, as with real data."""
+    return {"SequenceName": "*tfi2d1" if acq["sequence"] == "bssfp" else "*tfl2d1",
+            "MagneticFieldStrength": float(acq["field_T"]), "FlipAngle": float(acq["flip_deg"]),
+            "RepetitionTime": float(acq["tr_ms"]), "EchoTime": float(acq["te_ms"]),
+            "InversionTime": float(acq["ts_ms"]), "NumberOfPhaseEncodingSteps": int(acq["n_lines"]),
+            "SliceThickness": float(thickness)}
 
 
 # --- fast training path ------------------------------------------------------------------------------------------------
