@@ -9,8 +9,8 @@ U-map of the chosen member mapped back to the INPUT grid (labels nearest neighbo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import Dict, List, Optional
 
 import numpy as np
 

@@ -110,7 +110,6 @@ def _aif_from_perfusion(series, labels, args):
     """Fallback AIF: mean [Gd] of the LV blood pool of the perfusion series (label 1, or located), core only."""
     import warnings
 
-    import numpy as np
     from scipy import ndimage
 
     from ..errors import InvalidLabelsError

@@ -13,7 +13,6 @@ magnetic resonance in adults and children").
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 

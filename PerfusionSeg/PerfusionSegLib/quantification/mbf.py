@@ -5,7 +5,7 @@ Both the tissue curves and the AIF have their pre-contrast baseline removed (mea
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 
