@@ -85,6 +85,49 @@ def real_rows():
     return rows, notes
 
 
+def _real_cases():
+    """(dataset, name, image (T,Y,X), lv mask, spacing or None) of every labelled real series."""
+    import nibabel as nib
+    import scipy.io
+
+    d = DATA / "daugs_dev"
+    for f in sorted(glob.glob(str(d / "Images" / "*.mat"))):
+        img = np.moveaxis(scipy.io.loadmat(f)["final_img"], -1, 0).astype(np.float32)
+        yield "daugs_dev", Path(f).stem, img, scipy.io.loadmat(f.replace("Images", "Labels"))["final_mask"] == 3, (0.9, 0.9)
+    for g in sorted(glob.glob(str(DATA / "ml_perfusion_subset" / "*_gt.nii.gz"))):
+        img = np.asarray(nib.load(g.replace("_gt.nii.gz", ".nii.gz")).dataobj).astype(np.float32).transpose(0, 2, 1)
+        gt = np.asarray(nib.load(g).dataobj).transpose(0, 2, 1)
+        lv = (gt[(gt > 0).any(axis=(1, 2))] == 2).mean(axis=0) >= 0.5
+        yield "ml_perfusion_subset", Path(g).name.replace("_gt.nii.gz", ""), img, lv, (2.2857, 2.2857)
+    for e in sorted(glob.glob(str(DATA / "qperf" / "aif_detection" / "example*"))):
+        img = np.moveaxis(np.load(os.path.join(e, "aif_scc.npy")), -1, 0).astype(np.float32)
+        yield "qperf_aif_detection", Path(e).name, img, np.load(os.path.join(e, "aif_masks_final.npy")) == 1, None
+
+
+def robustness_rows():
+    """The labelled real series altered: rotated, mirrored, irregular frame times, noise, 2x coarser pixels,
+    every second frame, no spacing given. Hit = centre inside the (equally altered) label."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for dataset, name, img, lv, sp in _real_cases():
+        t = img.shape[0]
+        steps = rng.uniform(0.7, 1.4, t - 1)
+        noisy = img + rng.normal(0, 0.03 * np.percentile(img, 99), img.shape).astype(np.float32)
+        variants = {
+            "rotated 90": (np.rot90(img, 1, axes=(1, 2)).copy(), np.rot90(lv).copy(), sp, None),
+            "mirrored": (img[:, :, ::-1].copy(), lv[:, ::-1].copy(), sp, None),
+            "irregular times": (img, lv, sp, np.concatenate([[0.0], np.cumsum(steps)])),
+            "noise 3%": (noisy, lv, sp, None),
+            "2x coarser": (img[:, ::2, ::2].copy(), lv[::2, ::2].copy(), tuple(2 * v for v in sp) if sp else None, None),
+            "every 2nd frame": (img[::2].copy(), lv, sp, np.arange(0, t, 2, dtype=float)),
+            "no spacing": (img, lv, None, None),
+        }
+        for vname, (v_img, v_lv, v_sp, v_t) in variants.items():
+            r = _row(vname, f"{dataset}/{name}", v_img, v_lv, spacing=v_sp, times=v_t)
+            rows.append(r)
+    return rows
+
+
 def qperf_gd_rows():
     import scipy.io
 
@@ -145,11 +188,18 @@ def main(argv=None) -> int:
     ap.add_argument("--phantom", type=int, default=0, metavar="N", help="also N synthetic phantom slices (e.g. 200)")
     ap.add_argument("--seed", type=int, default=1000, help="first phantom seed (default 1000)")
     ap.add_argument("--json", metavar="PATH", help="write every row and the summary as JSON")
+    ap.add_argument("--robustness", action="store_true",
+                    help="only the robustness variants of the labelled real series (rotated, mirrored, ...)")
     ap.add_argument("--quiet", action="store_true", help="summary only")
     args = ap.parse_args(argv)
 
     print(f"# machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs, "
           f"python {platform.python_version()}, numpy {np.__version__}")
+    if args.robustness:
+        summary = _summary(robustness_rows())
+        for s in summary:
+            print(f"{s['dataset']:18s} {s['hits']:3d}/{s['n']:3d} hits, median distance {s['median_dist_px']:.1f} px")
+        return 0
     rows, notes = real_rows()
     if args.phantom:
         try:

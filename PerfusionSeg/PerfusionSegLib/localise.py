@@ -20,11 +20,16 @@ later. The rule used here:
    the liver enhance late but weakly) and a gap to the RV no wider than a septum. The best RV/LV pair wins; the pair
    score also weighs the RV candidate's mass, and an RV candidate that lights up a lag step after another one
    (it is then the LV or the aorta) counts a tenth.
-5. The centre is the centroid of the chosen region when it is well inside it, else the point deepest inside
+5. Shape check when the timing is close: if the chosen LV lights up less than three frames after the chosen RV,
+   both are rated for LV-likeness (roundness x fill x solidity x the fraction of a 2-8 mm band around them that
+   enhances like myocardium rather than staying dark like lung, fat or air). When the "RV" looks 1.5x more like an LV
+   than the "LV" does, the two are swapped: the phantom's randomised preset (rest) has cases where the LV lights up
+   with or even before the RV, and a thin crescent RV is then taken for the later pool.
+6. The centre is the centroid of the chosen region when it is well inside it, else the point deepest inside
    (distance-transform maximum), so it lies in the blood pool even for crescent-shaped regions. When the region's
    arrival times spread by more than a frame (myocardium joined to the pool: it is fed through the coronaries and
    lights up later), its latest and dimmest pixels are dropped first.
-6. Confidence grows with the RV-LV separation in arrival time (relative to the spread inside each), the score
+7. Confidence grows with the RV-LV separation in arrival time (relative to the spread inside each), the score
    margin over the best distinct rival and the roundness of the LV; it is lower when no RV was found.
 
 Without spacing (plain arrays) sizes in mm are unknown: a few fields of view are tried and the most confident answer
@@ -55,6 +60,9 @@ LATE_RV_FACTOR = 0.1    # an "RV" lighting up a lag step after another candidate
 NO_RV_FACTOR = 0.5      # scores of LVs found without any RV candidate
 THIN_RV_FACTOR = 0.5    # weight of an early region thinner than the RV thickness filter
 LV_CUTS = (0.5, 0.65, 0.8)  # fractions of the bright late enhancement tried for the LV blood pool
+AMBIGUOUS_LAG_FRAMES = 3.0  # RV-to-LV delay (frames) below which the pair is also checked by shape
+SWAP_RATIO = 1.5        # the "RV" must look this much more like an LV than the "LV" for the two to be swapped
+RING_MM = (2.0, 8.0)    # band around a pool candidate where the LV's myocardium is looked for
 MAX_LAG_S = 20.0        # RV-to-LV arrival delay is a few heartbeats (pulmonary transit); longer is recirculation
 
 
@@ -299,6 +307,34 @@ def _lv_beside(rv_mask, peak, arrival, reliable, ref, min_area, mm, dt):
     return scores
 
 
+def _lv_likeness(mask, peak, cnr, mm, other):
+    roundness, fill = _region_shape(mask)
+    solid = float(mask.sum()) / float(ndimage.binary_fill_holes(mask).sum())
+    return roundness * fill * solid * (0.1 + _ring_fraction(mask, peak, cnr, mm, other))
+
+
+def _ring_fraction(m, peak, cnr, mm, exclude=None):
+    """Fraction of the band 2-8 mm around a pool that looks like myocardium: it enhances (reliably, less than the
+    pool) rather than staying dark. The LV blood pool is wrapped in myocardium; the RV's free wall is thin, so most
+    of the band around the RV is lung, fat or chest wall, which do not enhance. Pixels as bright as the pool count
+    neither way."""
+    r_out = int(np.ceil(RING_MM[1] / mm)) + 1
+    ys, xs = np.nonzero(m)
+    y0, y1 = max(0, ys.min() - r_out), min(m.shape[0], ys.max() + r_out + 1)
+    x0, x1 = max(0, xs.min() - r_out), min(m.shape[1], xs.max() + r_out + 1)
+    sub = m[y0:y1, x0:x1]
+    d = ndimage.distance_transform_edt(~sub) * mm
+    band = (d > RING_MM[0]) & (d <= RING_MM[1])
+    if exclude is not None:
+        band &= ~exclude[y0:y1, x0:x1]
+    p, c = peak[y0:y1, x0:x1][band], cnr[y0:y1, x0:x1][band]
+    pool_level = float(np.median(peak[m]))
+    bright = p > 0.6 * pool_level
+    myo = ~bright & (p > 0.04 * pool_level) & (c >= 3.0)
+    n = int((~bright).sum())
+    return float(myo.sum()) / n if n else 0.0
+
+
 def _score_lv(late, peak, local_ref, ref, min_area, dist_rv, rv_mask=None):
     """Score components as LV blood pool: size, roundness, fill, solidity, brightness, adjacency to the RV."""
     llab, lids = _components(late, min_area)
@@ -353,6 +389,16 @@ def _search(level, peak, arrival, reliable, cnr, ref, min_area, mm, dt):
             return None
         score = NO_RV_FACTOR * lvs[0][0]
     s0, lv_mask, roundness = lvs[0]
+    if rv_mask is not None:
+        # LV and RV lighting up within about a frame of each other: timing cannot tell them apart, shape can (the LV
+        # is a round pool wrapped in myocardium, the RV a crescent against the chest wall or the lung)
+        lag = float(np.median(arrival[lv_mask]) - np.median(arrival[rv_mask]))
+        if lag < AMBIGUOUS_LAG_FRAMES * dt:
+            like_lv = _lv_likeness(lv_mask, peak, cnr, mm, rv_mask)
+            like_rv = _lv_likeness(rv_mask, peak, cnr, mm, lv_mask)
+            if like_rv > SWAP_RATIO * like_lv:
+                lv_mask, rv_mask = rv_mask, lv_mask
+                roundness = _region_shape(lv_mask)[0]
     rivals = [sc for sc, m, _ in lvs[1:] if not (m & lv_mask).any()]   # the same pool at another cut is no rival
     margin = 1.0 - (rivals[0] / s0 if rivals else 0.0)
     if rv_mask is not None:
