@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,23 +30,13 @@ import torch.nn.functional as F
 
 from PerfusionDAUGSLib.selection import select_members
 from PerfusionDAUGSLib.umap import labels_from_probabilities
+from PerfusionSegLib.machine import machine_description
 from PerfusionSegLib.networks.unet import build_unet
 from PerfusionSegLib.phantom.generator import generate_training_slice
 
 PERTURBATION_LEVELS = (0.0, 0.02, 0.04, 0.06, 0.08, 0.10, 0.13, 0.16, 0.20, 0.25)
 
 
-def machine() -> str:
-    cpu = platform.processor() or ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{platform.machine()} {cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
 
 
 def load() -> str:
@@ -270,11 +259,11 @@ def main(argv=None) -> int:
     log = Path(args.log) if args.log else cache / f"agreement_{args.agree_config}_{args.members}.jsonl"
     if args.summary_only:
         records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-        print(f"machine: {machine()}")
+        print(f"machine: {machine_description()}")
         summarise(records, records[0]["established"], None, args)
         return 0
     checkpoints = sorted({max(1, args.steps * k // 5) for k in (1, 2, 3, 4, 5)})
-    print(f"machine: {machine()}", flush=True)
+    print(f"machine: {machine_description()}", flush=True)
     print(f"load average at start: {load()} (the 2 cores are shared with other jobs: wall times include waiting)")
 
     t0 = time.perf_counter()

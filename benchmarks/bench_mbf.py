@@ -17,19 +17,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "PerfusionSeg"))
 
+from PerfusionSegLib.machine import cpu_model  # noqa: E402
 from PerfusionSegLib.quantification import fermi_mbf, two_compartment_mbf  # noqa: E402
 from PerfusionSegLib.quantification.kinetic_fitting import fine_convolution  # noqa: E402
 from PerfusionSegLib.quantification.simulation import fermi_ir, simulate_curves  # noqa: E402
 
 
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_data(n: int, seed: int = 0):
@@ -85,7 +78,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     curves, aif, times, mbf = make_data(args.pixels)
     load = os.getloadavg()
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; "
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; "
           f"python {platform.python_version()}, numpy {np.__version__}")
     print(f"data: {args.pixels} pixels x {times.size} frames (0.5 s), SNR 20, Fermi truth MBF 0.5-4.5 ml/min/g")
     fermi_mbf(curves[:200], aif, times)          # warm-up (imports, caches)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -73,19 +72,6 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def machine() -> str:
-    cpu = platform.processor() or ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}; {os.cpu_count()} logical CPUs; {platform.system()} {platform.machine()}; Python "
-            f"{platform.python_version()}; torch {torch.__version__}; load average at start {load:.2f}")
 
 
 def make_model(folder: Path, model_arg) -> Path:
@@ -225,7 +211,9 @@ def main() -> int:
         print(json.dumps(run_variant(args._child[0], args._child[1], args._child[2], args.slices, args.threads)))
         return 0
 
-    print(f"machine: {machine()}")
+    from PerfusionSegLib.machine import machine_description
+
+    print(f"machine: {machine_description()}")
     print(f"threads: {args.threads}; slices: {args.slices} of 48 x 176 x 176 (after 3 warm-up slices)")
     with tempfile.TemporaryDirectory() as tmp:
         card = make_model(Path(tmp), args.model)

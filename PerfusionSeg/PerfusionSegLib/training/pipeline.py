@@ -6,20 +6,14 @@ threshold becomes a pool member (``PerfusionDAUGSLib.pool_training``).
 """
 from __future__ import annotations
 
-import os
-import platform
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from ..errors import InvalidParameterError
+from ..machine import machine_description
 from .recipes import Recipe
 
 
-def machine_description() -> str:
-    import torch
-
-    return (f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} logical CPUs, "
-            f"torch {torch.__version__} ({'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU'})")
 
 
 def build_sources(recipe: Recipe, data: Sequence[str], seed: int):
