@@ -208,6 +208,9 @@ class PoolEvaluator:
                 offs = np.asarray([it[1:] for it in chunk if it[0] == i], np.int64)
                 parts.append(extract_patches(self.images[i], offs, (self.patch, self.patch)))
             patches = torch.cat(parts) if len(parts) > 1 else parts[0]
+            if any(self.predictors[m].channels_last for m in member_indices):
+                # once per batch, not once per member (each member's own conversion is then a no-op)
+                patches = patches.contiguous(memory_format=torch.channels_last)
             for m in member_indices:
                 rows = [j for j, it in enumerate(chunk) if it in todo[m]]
                 if not rows:
