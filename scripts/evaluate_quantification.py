@@ -190,7 +190,7 @@ def gd_round_trip() -> dict:
     """Phantom signal (noise-free, no motion) -> [Gd] with the phantom's own sequence parameters, vs truth Gd."""
     from PerfusionSegLib.phantom import generate_study
     from PerfusionSegLib.phantom.signal import RELAXATION
-    from PerfusionSegLib.quantification.gd_conversion import SequenceParameters, signal_to_gd
+    from PerfusionSegLib.quantification.gd_conversion import signal_to_gd
     out = {}
     for preset in ("siemens-flash-3t", "siemens-bssfp-3t", "siemens-flash-1p5t"):
         ps = generate_study(preset, seed=0, condition="stress", units="signal", noise=False, motion_mm=0.0, n_slices=1,
@@ -198,11 +198,7 @@ def gd_round_trip() -> dict:
         acq = ps.params["acquisition"]
         series, truth = ps.study.slices[0], ps.truth[0]
         fs = float(acq["field_T"])
-        params = SequenceParameters(acq["sequence"], float(acq["flip_deg"]), float(acq["tr_ms"]) / 1e3,
-                                    float(acq["ts_ms"]) / 1e3, int(acq["n_lines"]), acq["ordering"],
-                                    0, float(acq["pd_flip_deg"]), fs, catalysation="half", pd_sequence="same",
-                                    saturation_efficiency=float(acq["sat_efficiency"]),
-                                    echo_time_s=float(acq["te_ms"]) / 1e3, r2star=float(acq["r2star"]))
+        params, _ = _phantom_sequence(ps)
         rows = {}
         for tissue, label, cls in (("myocardium", 2, "myo"), ("blood", 1, "blood")):
             t10, t2, _ = RELAXATION[fs][cls]
