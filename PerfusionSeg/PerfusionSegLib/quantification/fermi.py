@@ -128,7 +128,7 @@ def fermi_mbf(*args, **kwargs) -> MBFResult:
 
 def _fermi_mbf(tissue: np.ndarray, aif: np.ndarray, times: np.ndarray, mask: Optional[np.ndarray] = None, *,
               foot: Optional[int] = None, peak: Optional[int] = None, window: str = "first_pass",
-              density: float = TISSUE_DENSITY_G_PER_ML, max_iter: int = 20, tol: float = 1e-6, oversample: int = 2, keep_fitted: bool = False,
+              density: float = TISSUE_DENSITY_G_PER_ML, max_iter: int = 50, tol: float = 1e-6, oversample: int = 2, keep_fitted: bool = False,
               aif_times: Optional[np.ndarray] = None) -> MBFResult:
     """Pixel-wise Fermi MBF. tissue: (N, T) curves or a (T, Y, X) series with a (Y, X) mask; aif: (T,) blood [Gd]
     (baseline removed); times: (T,) s. With irregular times the model runs on a grid of the median interval and is
