@@ -85,6 +85,11 @@ def main(argv=None) -> int:
     w, c, r = timed(lambda: fermi_mbf(curves, aif, times), args.repeats)
     err = float(np.median(np.abs(r.mbf - mbf) / mbf))
     rows = [("fermi (batched LM, ours)", args.pixels, w, c, err, "measured")]
+    # what compute_mbf_map does by default: low-rank temporal denoising of the mask's curves, then the fit
+    from PerfusionSegLib.quantification.denoise import svd_denoise
+    wd, cd, rd = timed(lambda: fermi_mbf(svd_denoise(curves)[0], aif, times), args.repeats)
+    rows.append(("fermi after svd_denoise (map default)", args.pixels, wd, cd,
+                 float(np.median(np.abs(rd.mbf - mbf) / mbf)), "measured"))
     n2 = min(args.pixels, 2000)
     w2, c2, r2 = timed(lambda: two_compartment_mbf(curves[:n2], aif, times), 1)
     rows.append(("2cxm (LUT + batched LM, ours)", n2, w2, c2, float("nan"), "measured (Fermi-shaped truth: no error)"))
@@ -96,9 +101,9 @@ def main(argv=None) -> int:
     print(f"{'method':38s} {'pixels':>7s} {'wall s':>8s} {'cpu s':>8s} {'med |err|':>9s}  note")
     for name, n, wall, cpu, e, note in rows:
         print(f"{name:38s} {n:7d} {wall:8.3f} {cpu:8.3f} {e:9.3f}  {note}")
-    print(f"speed-up of ours vs the curve_fit baseline (wall, {args.pixels} pixels): {rows[2][2] / w:.0f}x")
+    print(f"speed-up of ours vs the curve_fit baseline (wall, {args.pixels} pixels): {rows[3][2] / w:.0f}x")
     print(f"target: Fermi {args.pixels} pixels <= 0.5 s wall -> {'met' if w <= 0.5 else 'NOT met'} ({w:.3f} s, median of "
-          f"{args.repeats}; cpu {c:.3f} s)")
+          f"{args.repeats}; cpu {c:.3f} s); with the denoising: {'met' if wd <= 0.5 else 'NOT met'} ({wd:.3f} s)")
     return 0
 
 

@@ -163,7 +163,7 @@ def _phantom_one(seeds, mbfs, snr, blur_px, erode_px, models, truth_model, defec
                 ok = myo & np.isfinite(truth.mbf)
                 regions = np.where(ok, truth.aha_segments, 0)
                 for model in models:
-                    maps = compute_mbf_map(s, aif, myo, model=model)
+                    maps = compute_mbf_map(s, aif, myo, model=model, regions=truth.aha_segments)
                     pix_err[model].append(np.abs(maps["mbf"][ok] - truth.mbf[ok]) / truth.mbf[ok])
                     fits = fit_regions(s, aif, regions, model=model)
                     for seg, r in fits.items():

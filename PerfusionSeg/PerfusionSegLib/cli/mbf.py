@@ -32,6 +32,8 @@ def register(subparsers) -> None:
     p.add_argument("--mask", metavar="LABELS", help="label map on the series grid; MBF is computed where it equals "
                                                     "--mask-label (default: every pixel)")
     p.add_argument("--mask-label", type=int, default=2, metavar="L", help="label value to fit (default 2, LV myocardium)")
+    p.add_argument("--no-denoise", action="store_true",
+                   help="fit the raw pixel curves (default: low-rank temporal denoising of the masked curves first)")
     p.add_argument("--hematocrit", type=float, metavar="HCT", help="haematocrit (default: from the AIF file, else 0.42)")
     p.add_argument("--units", default="auto", choices=("auto", "gd", "signal"),
                    help="what the series values are: gd = [Gd] mmol/L, signal = scanner signal (converted), auto = as the "
@@ -194,7 +196,7 @@ def run(args) -> int:
         mask, note = np.ones(series.shape, bool), "every pixel"
 
     with tqdm(total=1, desc=f"mbf {args.model}", unit="series", file=sys.stderr, disable=None) as bar:
-        maps = compute_mbf_map(series, aif, mask, model=args.model)
+        maps = compute_mbf_map(series, aif, mask, model=args.model, denoise=not args.no_denoise)
         bar.update(1)
 
     out = Path(args.out)

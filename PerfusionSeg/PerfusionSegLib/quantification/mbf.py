@@ -5,7 +5,7 @@ Both the tissue curves and the AIF have their pre-contrast baseline removed (mea
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -13,11 +13,13 @@ from ..errors import InvalidLabelsError, InvalidParameterError
 from ..series import AIF, SliceSeries
 from .aif import detect_foot_peak, subtract_baseline, validate_aif_curve
 from .kinetic_fitting import aif_interpolator
+from .denoise import svd_denoise
 from .fermi import MBFResult, fermi_mbf
-from .two_compartment import two_compartment_mbf
+from .two_compartment import two_compartment_mbf, two_compartment_mbf_constrained
 
 MODELS = ("fermi", "2cxm")
 CHUNK = 8192   # pixels per 2CXM fit call
+SHARE_ACROSS_REGIONS = True
 # map names written per model (besides "mbf"): parameter key in MBFResult.params -> output map name
 MAP_KEYS = {
     "fermi": {"delay_s": "delay", "tau_s": "fermi_tau", "k_per_s": "fermi_k"},
@@ -103,11 +105,48 @@ def _fit(model: str, curves: np.ndarray, aif_curve: np.ndarray, times: np.ndarra
     raise InvalidParameterError(f"model must be one of {MODELS}, got {model!r}")
 
 
+def _constrained_2cxm(curves: np.ndarray, region_index: np.ndarray, aif_curve: np.ndarray, times: np.ndarray,
+                      foot: int, peak: int, hematocrit: float, own, **kwargs) -> MBFResult:
+    """Two-level 2CXM: all five parameters on each region's mean curve, then Fp and PS on every curve with vp, ve
+    and the delay of its region (:func:`two_compartment_mbf_constrained`)."""
+    ids = np.unique(region_index)
+    means = np.stack([curves[region_index == i].mean(axis=0) for i in ids])
+    region_kw = dict(kwargs)
+    region_kw.setdefault("max_iter", 100)      # few low-noise curves: let LM converge fully
+    reg = _fit("2cxm", means, aif_curve, times, foot, peak, hematocrit, own, **region_kw)
+    row = np.searchsorted(ids, region_index)
+    if SHARE_ACROSS_REGIONS:
+        for k in ("vp_fraction", "ve_fraction", "delay_s"):
+            reg.params[k] = np.full(ids.size, np.median(reg.params[k]))
+    extra = {"aif_times": own[0]} if own is not None else {}
+    a = own[1] if own is not None else aif_curve
+    kw = {k: v for k, v in kwargs.items() if k in ("max_iter", "oversample", "keep_fitted", "density")}
+    parts = [two_compartment_mbf_constrained(curves[i:i + CHUNK], a, times, row[i:i + CHUNK],
+                                             reg.params["vp_fraction"], reg.params["ve_fraction"],
+                                             reg.params["delay_s"], hematocrit=hematocrit, **extra, **kw)
+             for i in range(0, curves.shape[0], CHUNK)]
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    return MBFResult(mbf=np.concatenate([r.mbf for r in parts]),
+                     params={k: np.concatenate([r.params[k] for r in parts]) for k in first.params},
+                     fitted=None, rmse=np.concatenate([r.rmse for r in parts]),
+                     converged=np.concatenate([r.converged for r in parts]), model=first.model,
+                     density_g_per_ml=first.density_g_per_ml, info=first.info)
+
+
 def compute_mbf_map(series_gd: SliceSeries, aif: AIF, mask: np.ndarray, model: str = "fermi",
+                    regions: Optional[np.ndarray] = None, constrained: bool = True, denoise: bool = True,
                     **kwargs) -> Dict[str, np.ndarray]:
     """Pixel-wise fit inside ``mask`` (Y, X) bool. Returns maps (Y, X) float32, NaN outside the mask:
     "mbf" (ml/min/g) and the model's other parameters (fermi: delay, fermi_tau, fermi_k; 2cxm: ps, vp, visf,
-    delay), plus "rmse" (fit residual, mmol/L)."""
+    delay), plus "rmse" (fit residual, mmol/L).
+
+    2CXM with ``constrained`` (default): vp, ve (visf) and the delay come from the fit of the mean curve of each
+    region of ``regions`` (Y, X) int, e.g. the AHA segments (mask pixels outside every region, or no ``regions``:
+    one region, the whole mask), and only MBF and PS are fitted per pixel. ``constrained=False``: all five per pixel.
+    ``denoise`` (default): the mask's curves are first projected on their significant temporal components
+    (:func:`denoise.svd_denoise`; masks of fewer than 2 x frames pixels are fitted as they are)."""
     _check_series(series_gd)
     if model not in MODELS:
         raise InvalidParameterError(f"model must be one of {MODELS}, got {model!r}")
@@ -119,7 +158,20 @@ def compute_mbf_map(series_gd: SliceSeries, aif: AIF, mask: np.ndarray, model: s
         raise InvalidLabelsError("the mask selects no pixel")
     aif_curve, foot, peak, own = aif_on_series_times(aif, series_gd)
     curves = _tissue_curves(series_gd, foot)[:, mask].T
-    res = _fit(model, curves, aif_curve, series_gd.times, foot, peak, aif.hematocrit, own, **kwargs)
+    if denoise:    # low-rank temporal projection (denoise.py): no spatial blur; skipped below 2 T pixels
+        curves, _ = svd_denoise(curves)
+    if model == "2cxm" and constrained:
+        if regions is None:
+            region_index = np.zeros(curves.shape[0], dtype=np.int64)
+        else:
+            regions = np.asarray(regions)
+            if regions.shape != series_gd.shape:
+                raise InvalidLabelsError(f"region map {regions.shape} does not match the series frames {series_gd.shape}")
+            region_index = regions[mask].astype(np.int64)     # 0 (no region) becomes a region of its own
+        res = _constrained_2cxm(curves, region_index, aif_curve, series_gd.times, foot, peak, aif.hematocrit, own,
+                                **kwargs)
+    else:
+        res = _fit(model, curves, aif_curve, series_gd.times, foot, peak, aif.hematocrit, own, **kwargs)
     maps = {}
 
     def put(values):
@@ -135,8 +187,12 @@ def compute_mbf_map(series_gd: SliceSeries, aif: AIF, mask: np.ndarray, model: s
 
 
 def fit_regions(series_gd: SliceSeries, aif: AIF, region_map: np.ndarray, model: str = "fermi",
-                **kwargs) -> Dict[int, dict]:
+                constrained: bool = True, **kwargs) -> Dict[int, dict]:
     """Fit the mean [Gd] curve of each region (e.g. AHA segment numbers; 0 = background, ignored).
+
+    2CXM with ``constrained`` (default): all five parameters per region, then vp, ve and the delay shared as their
+    medians over the regions and MBF and PS fitted again per region (a small segment's curve is noisy;
+    ``constrained=False`` keeps the free per-region fit).
 
     Returns {region id: {"mbf": ml/min/g, <other parameters>, "n_pixels": int, "curve": mean curve (T,)}}."""
     _check_series(series_gd)
@@ -151,7 +207,18 @@ def fit_regions(series_gd: SliceSeries, aif: AIF, region_map: np.ndarray, model:
     curves = np.stack([tissue[:, regions == i].mean(axis=1) for i in ids])
     if model == "2cxm":   # few, low-noise curves: let LM converge fully (30 iterations stop short at high flow)
         kwargs.setdefault("max_iter", 100)
-    res = _fit(model, curves, aif_curve, series_gd.times, foot, peak, aif.hematocrit, own, **kwargs)
+    if model == "2cxm" and constrained:
+        # every region fitted freely first; vp, ve and delay shared as their medians over the regions (robust to a
+        # small segment's noisy fit; the mean curve of all regions would mix flows into a curve 2CXM cannot fit)
+        free = _fit("2cxm", curves, aif_curve, series_gd.times, foot, peak, aif.hematocrit, own, **kwargs)
+        shared = [np.array([np.median(free.params[k])]) for k in ("vp_fraction", "ve_fraction", "delay_s")]
+        extra = {"aif_times": own[0]} if own is not None else {}
+        kw = {k: v for k, v in kwargs.items() if k in ("max_iter", "oversample", "density")}
+        res = two_compartment_mbf_constrained(curves, own[1] if own is not None else aif_curve, series_gd.times,
+                                              np.zeros(len(ids), dtype=np.int64), *shared,
+                                              hematocrit=aif.hematocrit, **extra, **kw)
+    else:
+        res = _fit(model, curves, aif_curve, series_gd.times, foot, peak, aif.hematocrit, own, **kwargs)
     out = {}
     for j, i in enumerate(ids):
         entry = {"mbf": float(res.mbf[j]), "n_pixels": int((regions == i).sum()), "curve": curves[j],
