@@ -183,6 +183,24 @@ def test_training_slice_window_and_scale():
     assert x.shape == (48, 176, 176)
 
 
+def test_training_gains_scale_myocardium_and_body_curves_only():
+    """The training path's domain randomisation: myo_gain scales every myocardial curve, body_gain the enhancing
+    tissues around the heart; blood curves (the AIF) are untouched and the defaults change nothing."""
+    from PerfusionSegLib.phantom import kinetics as K
+    circ = K.sample_circulation(np.random.default_rng(0), "stress")
+    t, blood = K.circulation_curves(circ, 60.0)
+    mbf = {"myo:2.0000": 2.0}
+    base = K.tissue_curves(t, blood, circ, mbf)
+    same = K.tissue_curves(t, blood, {**circ, "myo_gain": 1.0, "body_gain": 1.0}, mbf)
+    gained = K.tissue_curves(t, blood, {**circ, "myo_gain": 2.0, "body_gain": 3.0}, mbf)
+    for key in base:
+        np.testing.assert_array_equal(same[key], base[key])
+    np.testing.assert_allclose(gained["myo:2.0000"], 2.0 * base["myo:2.0000"])
+    np.testing.assert_allclose(gained["liver"], 3.0 * base["liver"])
+    np.testing.assert_allclose(gained["muscle"], 3.0 * base["muscle"])
+    np.testing.assert_array_equal(gained["lv_blood"], base["lv_blood"])
+
+
 def test_write_phantom_and_cli(tmp_path):
     from PerfusionSegLib.cli import main
 
