@@ -185,6 +185,12 @@ def tissue_curves(t: np.ndarray, blood: dict, p: dict, mbf_values: dict) -> dict
     out["stomach"] = stomach / max(stomach.max(), 1e-9) * p["stomach_peak_mmol"]
     bowel = _conv(blood["aorta"], transit_kernel(t, 10.0, 2.0))
     out["bowel"] = bowel / max(bowel.max(), 1e-9) * p.get("bowel_peak_mmol", 0.3)
+    # body_gain (training slices only, default 1): enhancing tissues around the heart as bright as real ones can be
+    body = float(p.get("body_gain", 1.0))
+    for name in ("muscle", "liver", "spleen", "stomach", "bowel"):
+        out[name] = body * out[name]
+    # myo_gain (training slices only, default 1): domain randomisation of the myocardium/blood enhancement ratio
+    gain = float(p.get("myo_gain", 1.0))
     for key, mbf in mbf_values.items():
-        out[key] = myocardial_curve(t, lv, mbf, p)
+        out[key] = gain * myocardial_curve(t, lv, mbf, p)
     return out
