@@ -19,7 +19,6 @@ from .two_compartment import two_compartment_mbf, two_compartment_mbf_constraine
 
 MODELS = ("fermi", "2cxm")
 CHUNK = 8192   # pixels per 2CXM fit call
-SHARE_ACROSS_REGIONS = True
 # map names written per model (besides "mbf"): parameter key in MBFResult.params -> output map name
 MAP_KEYS = {
     "fermi": {"delay_s": "delay", "tau_s": "fermi_tau", "k_per_s": "fermi_k"},
@@ -83,6 +82,18 @@ def _check_series(series: SliceSeries) -> None:
             f"the series is in {series.units!r}, not mmol/L: convert it with quantification.signal_to_gd first")
 
 
+def _concatenate(parts) -> MBFResult:
+    """One result from the fits of consecutive pixel chunks."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    return MBFResult(mbf=np.concatenate([r.mbf for r in parts]),
+                     params={k: np.concatenate([r.params[k] for r in parts]) for k in first.params},
+                     fitted=None, rmse=np.concatenate([r.rmse for r in parts]),
+                     converged=np.concatenate([r.converged for r in parts]), model=first.model,
+                     density_g_per_ml=first.density_g_per_ml, info=first.info)
+
+
 def _fit(model: str, curves: np.ndarray, aif_curve: np.ndarray, times: np.ndarray, foot: int, peak: int,
          hematocrit: float, own=None, **kwargs) -> MBFResult:
     if own is not None:   # fit with the AIF's own samples and times
@@ -94,30 +105,23 @@ def _fit(model: str, curves: np.ndarray, aif_curve: np.ndarray, times: np.ndarra
         # pixels are independent: fit in chunks so the fine-grid model arrays stay a few hundred MB at most
         parts = [two_compartment_mbf(curves[i:i + CHUNK], aif_curve, times, hematocrit=hematocrit, **kwargs)
                  for i in range(0, curves.shape[0], CHUNK)]
-        if len(parts) == 1:
-            return parts[0]
-        first = parts[0]
-        return MBFResult(mbf=np.concatenate([r.mbf for r in parts]),
-                         params={k: np.concatenate([r.params[k] for r in parts]) for k in first.params},
-                         fitted=None, rmse=np.concatenate([r.rmse for r in parts]),
-                         converged=np.concatenate([r.converged for r in parts]), model=first.model,
-                         density_g_per_ml=first.density_g_per_ml, info=first.info)
+        return _concatenate(parts)
     raise InvalidParameterError(f"model must be one of {MODELS}, got {model!r}")
 
 
 def _constrained_2cxm(curves: np.ndarray, region_index: np.ndarray, aif_curve: np.ndarray, times: np.ndarray,
                       foot: int, peak: int, hematocrit: float, own, **kwargs) -> MBFResult:
-    """Two-level 2CXM: all five parameters on each region's mean curve, then Fp and PS on every curve with vp, ve
-    and the delay of its region (:func:`two_compartment_mbf_constrained`)."""
+    """Two-level 2CXM: all five parameters on each region's mean curve; vp, ve and the delay shared as their medians
+    over the regions (a small region's fit is noisy); then Fp and PS on every curve with those fixed
+    (:func:`two_compartment_mbf_constrained`)."""
     ids = np.unique(region_index)
     means = np.stack([curves[region_index == i].mean(axis=0) for i in ids])
     region_kw = dict(kwargs)
     region_kw.setdefault("max_iter", 100)      # few low-noise curves: let LM converge fully
     reg = _fit("2cxm", means, aif_curve, times, foot, peak, hematocrit, own, **region_kw)
     row = np.searchsorted(ids, region_index)
-    if SHARE_ACROSS_REGIONS:
-        for k in ("vp_fraction", "ve_fraction", "delay_s"):
-            reg.params[k] = np.full(ids.size, np.median(reg.params[k]))
+    for k in ("vp_fraction", "ve_fraction", "delay_s"):
+        reg.params[k] = np.full(ids.size, np.median(reg.params[k]))
     extra = {"aif_times": own[0]} if own is not None else {}
     a = own[1] if own is not None else aif_curve
     kw = {k: v for k, v in kwargs.items() if k in ("max_iter", "oversample", "keep_fitted", "density")}
@@ -125,14 +129,7 @@ def _constrained_2cxm(curves: np.ndarray, region_index: np.ndarray, aif_curve: n
                                              reg.params["vp_fraction"], reg.params["ve_fraction"],
                                              reg.params["delay_s"], hematocrit=hematocrit, **extra, **kw)
              for i in range(0, curves.shape[0], CHUNK)]
-    if len(parts) == 1:
-        return parts[0]
-    first = parts[0]
-    return MBFResult(mbf=np.concatenate([r.mbf for r in parts]),
-                     params={k: np.concatenate([r.params[k] for r in parts]) for k in first.params},
-                     fitted=None, rmse=np.concatenate([r.rmse for r in parts]),
-                     converged=np.concatenate([r.converged for r in parts]), model=first.model,
-                     density_g_per_ml=first.density_g_per_ml, info=first.info)
+    return _concatenate(parts)
 
 
 def compute_mbf_map(series_gd: SliceSeries, aif: AIF, mask: np.ndarray, model: str = "fermi",
@@ -142,9 +139,9 @@ def compute_mbf_map(series_gd: SliceSeries, aif: AIF, mask: np.ndarray, model: s
     "mbf" (ml/min/g) and the model's other parameters (fermi: delay, fermi_tau, fermi_k; 2cxm: ps, vp, visf,
     delay), plus "rmse" (fit residual, mmol/L).
 
-    2CXM with ``constrained`` (default): vp, ve (visf) and the delay come from the fit of the mean curve of each
-    region of ``regions`` (Y, X) int, e.g. the AHA segments (mask pixels outside every region, or no ``regions``:
-    one region, the whole mask), and only MBF and PS are fitted per pixel. ``constrained=False``: all five per pixel.
+    2CXM with ``constrained`` (default): vp, ve (visf) and the delay come from the fits of the mean curves of the
+    regions of ``regions`` (Y, X) int, e.g. the AHA segments (mask pixels outside every region form one more region;
+    no ``regions``: the whole mask), shared as their medians; only MBF and PS are fitted per pixel. ``constrained=False``: all five per pixel.
     ``denoise`` (default): the mask's curves are first projected on their significant temporal components
     (:func:`denoise.svd_denoise`; masks of fewer than 2 x frames pixels are fitted as they are)."""
     _check_series(series_gd)
