@@ -31,3 +31,23 @@ def test_daugs_dev_slices_get_the_robust_max_scaling():
         # the stored min-max scaling puts the blood pool's peak at 0.3-0.5; the robust max lifts it by > 1.3x
         stored01 = (stored - stored.min()) / (stored.max() - stored.min())
         assert image[:, labels == 1].mean(axis=1).max() > 1.3 * stored01[:, labels == 1].mean(axis=1).max()
+
+
+ML_PERFUSION = REPO.parent / "shared" / "data" / "ml_perfusion_subset"
+
+
+@pytest.mark.skipif(not ML_PERFUSION.exists(), reason=f"real data absent: {ML_PERFUSION}")
+def test_ml_perfusion_cases_are_centred_network_inputs_with_project_codes():
+    """The selection set of the transfer check: every labelled series, 30 x 128 x 128 in [0, 1], labels mapped to
+    the project codes (1 blood pool, 2 myocardium) and the crop centred on the labelled blood pool."""
+    script = _script()
+    cases = script.load_ml_perfusion()
+    assert len(cases) == len(list(ML_PERFUSION.glob("*_gt.nii.gz")))
+    for name, image, labels in cases[:6]:
+        assert image.shape == (30, 128, 128) and labels.shape == (128, 128)
+        assert image.min() >= 0.0 and image.max() <= 1.0
+        assert set(np.unique(labels)) <= {0, 1, 2} and (labels == 1).any() and (labels == 2).any()
+        cy, cx = np.argwhere(labels == 1).mean(axis=0)
+        assert abs(cy - 63.5) < 3 and abs(cx - 63.5) < 3
+    assert script.myocardium_dice(cases[0][2], cases[0][2]) == 1.0
+    assert script.myocardium_dice(np.zeros((4, 4)), np.full((4, 4), 2)) == 0.0
