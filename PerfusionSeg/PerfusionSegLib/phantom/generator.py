@@ -537,8 +537,9 @@ def generate_training_slice(rng: np.random.Generator, preset: str = "randomised"
     if rng.random() < 0.6:
         # a denser trabecular layer than the presets draw: real cavities have a rough, partly dark border zone that
         # experts label blood pool, which a network trained on smooth cavities calls myocardium
-        anat["heart"]["trabeculae"] += [{"angle_deg": float(rng.uniform(0, 360)), "radius_mm": float(rng.uniform(0.5, 2.2)),
-                                         "depth": float(rng.uniform(-2.0, 0.8))} for _ in range(int(rng.integers(8, 40)))]
+        anat["heart"]["trabeculae"] += [
+            {"angle_deg": float(rng.uniform(0, 360)), "radius_mm": float(rng.uniform(0.5, 2.2)),
+             "depth": float(rng.uniform(-2.0, 0.8))} for _ in range(int(rng.integers(8, 40)))]
     circ = K.sample_circulation(rng, condition)
     # clinical single-bolus doses put 8-15 mmol/L in the LV of the images: training covers them whatever the preset
     circ["lv_peak_mmol"] = float(rng.uniform(*_peak_range((2.0, 15.0), condition)))
@@ -547,10 +548,11 @@ def generate_training_slice(rng: np.random.Generator, preset: str = "randomised"
     # every training slice gets some per-tissue T10/PD jitter (the named presets have none): real surroundings vary
     jitter = sample_contrast_jitter(rng, max(float(acq["contrast_jitter"]), 0.3))
     acq["lv_peak_mmol_for_noise"] = circ["lv_peak_mmol"]
-    # Domain randomisation where real series vary more than the presets (docs/phantom_realism.md): real LV/myocardium
-    # peak enhancement ratios are 1.4-2.4 against 3-4 for the physics defaults (blood signal saturation, water
-    # exchange and partial volume that the model leaves out), real SNR goes down to ~14 (measured as the phantom is: the preset value is about 1.5x that), and real liver and chest-wall
-    # muscle are often as bright as the myocardium (a larger share of the background near myocardial intensity).
+    # Domain randomisation where real series vary more than the presets (docs/phantom.md, second session): real
+    # LV/myocardium peak enhancement ratios are 1.4-2.4 against 3-4 for the physics defaults (blood signal saturation,
+    # water exchange and partial volume that the model leaves out); real SNR goes down to ~14 (measured as the
+    # phantom is, which reads about 1/1.5 of the preset value); real liver and chest-wall muscle are often as bright
+    # as the myocardium (a larger share of the background near myocardial intensity).
     circ["myo_gain"] = float(np.exp(rng.uniform(0.0, np.log(2.5))))
     acq["snr_blood_peak"] = float(np.exp(rng.uniform(np.log(20.0), np.log(80.0))))
     circ["body_gain"] = float(np.exp(rng.uniform(0.0, np.log(4.0))))

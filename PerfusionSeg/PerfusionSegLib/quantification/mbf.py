@@ -141,7 +141,8 @@ def compute_mbf_map(series_gd: SliceSeries, aif: AIF, mask: np.ndarray, model: s
 
     2CXM with ``constrained`` (default): vp, ve (visf) and the delay come from the fits of the mean curves of the
     regions of ``regions`` (Y, X) int, e.g. the AHA segments (mask pixels outside every region form one more region;
-    no ``regions``: the whole mask), shared as their medians; only MBF and PS are fitted per pixel. ``constrained=False``: all five per pixel.
+    no ``regions``: the whole mask), shared as their medians; only MBF and PS are fitted per pixel.
+    ``constrained=False``: all five per pixel.
     ``denoise`` (default): the mask's curves are first projected on their significant temporal components
     (:func:`denoise.svd_denoise`; masks of fewer than 2 x frames pixels are fitted as they are)."""
     _check_series(series_gd)
@@ -163,7 +164,8 @@ def compute_mbf_map(series_gd: SliceSeries, aif: AIF, mask: np.ndarray, model: s
         else:
             regions = np.asarray(regions)
             if regions.shape != series_gd.shape:
-                raise InvalidLabelsError(f"region map {regions.shape} does not match the series frames {series_gd.shape}")
+                raise InvalidLabelsError(
+                    f"region map {regions.shape} does not match the series frames {series_gd.shape}")
             region_index = regions[mask].astype(np.int64)     # 0 (no region) becomes a region of its own
         res = _constrained_2cxm(curves, region_index, aif_curve, series_gd.times, foot, peak, aif.hematocrit, own,
                                 **kwargs)
@@ -205,15 +207,10 @@ def fit_regions(series_gd: SliceSeries, aif: AIF, region_map: np.ndarray, model:
     if model == "2cxm":   # few, low-noise curves: let LM converge fully (30 iterations stop short at high flow)
         kwargs.setdefault("max_iter", 100)
     if model == "2cxm" and constrained:
-        # every region fitted freely first; vp, ve and delay shared as their medians over the regions (robust to a
-        # small segment's noisy fit; the mean curve of all regions would mix flows into a curve 2CXM cannot fit)
-        free = _fit("2cxm", curves, aif_curve, series_gd.times, foot, peak, aif.hematocrit, own, **kwargs)
-        shared = [np.array([np.median(free.params[k])]) for k in ("vp_fraction", "ve_fraction", "delay_s")]
-        extra = {"aif_times": own[0]} if own is not None else {}
-        kw = {k: v for k, v in kwargs.items() if k in ("max_iter", "oversample", "density")}
-        res = two_compartment_mbf_constrained(curves, own[1] if own is not None else aif_curve, series_gd.times,
-                                              np.zeros(len(ids), dtype=np.int64), *shared,
-                                              hematocrit=aif.hematocrit, **extra, **kw)
+        # each region is its own group of one curve: free fits, shared medians, then MBF and PS per region (the mean
+        # curve of all regions would mix flows into a curve 2CXM cannot fit)
+        res = _constrained_2cxm(curves, np.arange(len(ids)), aif_curve, series_gd.times, foot, peak, aif.hematocrit,
+                                own, **kwargs)
     else:
         res = _fit(model, curves, aif_curve, series_gd.times, foot, peak, aif.hematocrit, own, **kwargs)
     out = {}

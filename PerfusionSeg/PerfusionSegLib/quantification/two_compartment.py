@@ -218,9 +218,11 @@ def _two_compartment_constrained(tissue, aif, times, region_index, region_vp, re
         sse = (basis ** 2).sum(axis=1)[None, :] - 2.0 * y[rows] @ basis.T
         p0[rows] = cand[np.argmin(sse, axis=1)]
     scale = np.maximum(np.abs(y).max(axis=1, keepdims=True), 1e-6)
+    # LM on (Fp, PS); vp, ve, delay and the pixel's scale ride along as fixed columns
     res = levenberg_marquardt(lambda q: model_raw(q[:, :5]) / q[:, 5:6], y / scale, np.column_stack([p0, scale[:, 0]]),
-                              np.append(LOWER, 0.0), np.append(UPPER, np.inf), fd_steps=np.array([1e-4, 1e-4, 0, 0, 0, 0]),
-                              max_iter=max_iter, step_scale=np.array([1e-3, 1e-3, 1, 1, 1, 1]), fixed=[2, 3, 4, 5])
+                              np.append(LOWER, 0.0), np.append(UPPER, np.inf),
+                              fd_steps=np.array([1e-4, 1e-4, 0, 0, 0, 0]), max_iter=max_iter,
+                              step_scale=np.array([1e-3, 1e-3, 1, 1, 1, 1]), fixed=[2, 3, 4, 5])
     p = res.params[:, :5]
     fitted = model_raw(p) if keep_fitted else None
     rmse = np.sqrt(res.cost / y.shape[1]) * scale[:, 0]
