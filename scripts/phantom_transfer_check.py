@@ -52,21 +52,18 @@ def load_ml_perfusion():
     Centred on the label so that the figure measures segmentation, not localisation. The labels are near-circular
     approximations, so even a perfect network scores well below 1; the figure is for comparing generators and runs,
     and it is the real data that appearance may be judged on (the daugs_dev slices are the test)."""
-    from scipy import ndimage
-
-    from PerfusionSegLib.preprocess import prepare_for_network
     from PerfusionSegLib.readers import load_labels, load_series
+    from PerfusionSegLib.training.data import labelled_series_on_network_grid
+    from PerfusionSegLib.training.recipes import DAUGS2024
 
     cases = []
     for gt in sorted((DATA.parent / "ml_perfusion_subset").glob("*_gt.nii.gz")):
         img = gt.with_name(gt.name.replace("_gt.nii.gz", ".nii.gz"))
         if not img.exists():
             continue
-        series = load_series(img, dt=1.0, time_axis=0)
-        labels, _ = load_labels(gt)
-        x, geometry = prepare_for_network(series, size=128, n_frames=30, temporal="pchip", spacing_mm=None, scale=2.0,
-                                          center_yx=ndimage.center_of_mass(labels == 1), normalise="robust_max")
-        cases.append((img.name[: -len(".nii.gz")], x, geometry.to_network_grid(labels, order=0)))
+        image, labels = labelled_series_on_network_grid(load_series(img, dt=1.0, time_axis=0), load_labels(gt)[0],
+                                                        DAUGS2024)
+        cases.append((img.name[: -len(".nii.gz")], image, labels))
     return cases
 
 
@@ -150,7 +147,8 @@ def main(argv=None) -> int:
                "seconds_total": round(time.time() - t0, 1), "phantom_val_dice": history[-1]["val_dice"],
                "daugs_dev_myocardium_dice": scores, "mean": mean,
                "ml_perfusion_coarse_myocardium_dice": {"n": len(ml), "mean": float(np.mean(ml)) if ml else None,
-                                                       "median": float(np.median(ml)) if ml else None}, "recipe": recipe.to_dict(),
+                                                       "median": float(np.median(ml)) if ml else None},
+               "recipe": recipe.to_dict(),
                "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"phantom_transfer_{args.tag}.json").write_text(json.dumps(summary, indent=1))

@@ -84,12 +84,19 @@ def _patient_of(case) -> str:
 
 def prepare_labelled_case(case, recipe: Recipe) -> PreparedCase:
     """A labelled case on the network grid, centred on its labelled LV blood pool (the label is the truth here)."""
+    image, labels = labelled_series_on_network_grid(case.series, case.labels, recipe)
+    return PreparedCase(_patient_of(case), image, labels)
+
+
+def labelled_series_on_network_grid(series, labels: np.ndarray, recipe: Recipe) -> Example:
+    """(image (T, S, S) float32, labels (S, S) uint8) as ``recipe`` prepares its inputs (field, frames, spacing or
+    interpolation factor, robust max), centred on the labelled LV blood pool."""
     from scipy import ndimage
 
     from ..preprocess import prepare_for_network
 
     size, n_frames = _field(recipe)
-    bp = case.labels == 1
+    bp = labels == 1
     centre = ndimage.center_of_mass(bp) if bp.any() else None
     kwargs = dict(size=size, n_frames=n_frames, temporal=recipe.temporal, center_yx=centre, normalise="robust_max")
     if recipe.pixel_mm is not None:
@@ -98,9 +105,8 @@ def prepare_labelled_case(case, recipe: Recipe) -> PreparedCase:
         kwargs.update(spacing_mm=None, scale=2.0)
     if recipe.frame_interval_s is not None:
         kwargs.update(dt=recipe.frame_interval_s)
-    image, geometry = prepare_for_network(case.series, **kwargs)
-    labels = geometry.to_network_grid(case.labels, order=0).astype(np.uint8)
-    return PreparedCase(_patient_of(case), image.astype(np.float32), labels)
+    image, geometry = prepare_for_network(series, **kwargs)
+    return image.astype(np.float32), geometry.to_network_grid(labels, order=0).astype(np.uint8)
 
 
 def split_by_patient(patients: Sequence[str], val_fraction: float, seed: int) -> set:
