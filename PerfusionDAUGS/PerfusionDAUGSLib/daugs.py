@@ -136,7 +136,7 @@ def _resolve_pool(pool, device: str):
 
 def run_daugs(series, pool=None, *, umap_stride: int = UMAP_STRIDE, seg_stride: int = SEG_STRIDE, fast: bool = True,
               device: str = "auto", bf16: bool = False, keep_member_labels: bool = False, center_yx=None,
-              schedule=None, batch_size: int = 128, margin=UMAP_MARGIN,
+              schedule=None, batch_size: int = 64, margin=UMAP_MARGIN,
               uncertainty_threshold: Optional[float] = HIGH_UNCERTAINTY_UPP):
     """DAUGS segmentation of a SliceSeries (-> DAUGSResult) or of a Study / list of series (-> list, slices batched).
 

@@ -182,3 +182,60 @@ def test_device_selection():
     if not torch.cuda.is_available():
         with pytest.raises(InvalidParameterError, match="no CUDA"):
             resolve_device("cuda")
+
+
+def _with_running_statistics(net):
+    """Non-trivial BatchNorm statistics and affine parameters (a fresh BN is the identity, which hides folding bugs)."""
+    g = torch.Generator().manual_seed(3)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+    return net.eval()
+
+
+def test_inference_copy_folds_batch_norm_exactly_and_leaves_the_original_alone():
+    from PerfusionSegLib.networks.inference_copy import inference_copy
+    torch.manual_seed(0)
+    net = _with_running_statistics(build_network("unet2d", config="default")).to(memory_format=torch.channels_last)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    fast = inference_copy(net)
+    assert fast.folded_batch_norms == 14            # 7 DoubleConv blocks x 2 conv-BN pairs
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    conv = next(m for m in fast.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(2, 30, 64, 64)
+    with torch.inference_mode():
+        ref, out = net(x), fast(x)
+    assert torch.allclose(ref, out, atol=1e-4, rtol=1e-4)
+    assert (ref.argmax(1) == out.argmax(1)).float().mean() > 0.999
+
+
+def test_inference_copy_bf16_is_close_to_fp32():
+    from PerfusionSegLib.networks.inference_copy import inference_copy
+    torch.manual_seed(1)
+    net = _with_running_statistics(build_network("unet2d", config="tiny"))
+    fast = inference_copy(net, bf16=True)
+    assert all(p.dtype == torch.bfloat16 for p in fast.parameters())
+    x = torch.rand(4, 30, 64, 64)
+    with torch.inference_mode():
+        p_ref = net(x).softmax(1)
+        p_fast = fast(x.to(torch.bfloat16)).float().softmax(1)
+    assert (p_ref - p_fast).abs().max() < 0.05
+
+
+def test_inference_copy_folds_only_conv_then_batch_norm_in_the_resunet():
+    from PerfusionSegLib.networks.inference_copy import inference_copy
+    net = _with_running_statistics(build_network("resunet", config="small"))
+    fast = inference_copy(net)
+    # residual blocks are BN -> act -> conv (nothing to fold); only the final stage's conv -> BN pair folds
+    assert fast.folded_batch_norms == 1
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules()) == \
+        sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) - 1
+    x = torch.rand(1, 48, 32, 32)
+    with torch.inference_mode():
+        assert torch.allclose(net(x), fast(x), atol=1e-4, rtol=1e-4)

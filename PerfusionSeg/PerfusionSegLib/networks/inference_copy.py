@@ -1,0 +1,65 @@
+"""An inference-only copy of a network: BatchNorm folded into the preceding convolution, optionally cast to bf16.
+
+Why: DAUGS runs every pool member on thousands of 64x64 patches per study on CPU. In eval mode a BatchNorm that
+follows a convolution is an affine map per channel, so it can be folded into the convolution's weights and bias
+exactly (up to rounding). That saves one pass over every activation. Casting the copy's weights to bf16 once saves
+autocast re-casting them on every call. Measured on the 2-core machine with UNet2D "default" and 64 patches per
+batch: bf16 autocast took 0.97-0.98 ms per patch; this copy took 0.89-0.90 ms, with the same agreement with fp32
+(argmax 99.7 % either way). See docs/daugs.md.
+
+Pre-activation residual blocks (BN -> ReLU -> conv, the ResUNet) have no convolution directly before their BN, so
+nothing is folded there; only the ResUNet's final conv -> BN pair is.
+The caller's network is never modified.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+
+def _fold_sequential(seq: nn.Sequential) -> int:
+    """Fold Conv2d -> BatchNorm2d pairs inside one Sequential (in place); returns how many were folded."""
+    layers = list(seq)
+    out, i, n = [], 0, 0
+    while i < len(layers):
+        conv = layers[i]
+        bn = layers[i + 1] if i + 1 < len(layers) else None
+        if (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats
+                and bn.running_mean is not None and conv.out_channels == bn.num_features):
+            out.append(fuse_conv_bn_eval(conv, bn))
+            i += 2
+            n += 1
+        else:
+            out.append(conv)
+            i += 1
+    if n:
+        for k in list(seq._modules):
+            del seq._modules[k]
+        for k, m in enumerate(out):
+            seq.add_module(str(k), m)
+    return n
+
+
+def inference_copy(network: nn.Module, *, bf16: bool = False) -> nn.Module:
+    """An eval-mode deep copy with Conv2d -> BatchNorm2d pairs folded (within each ``nn.Sequential``), in the
+    original's memory format (channels-last stays channels-last); ``bf16``: its floating-point parameters and
+    buffers are cast to bfloat16 (feed it bf16 input). Attribute ``folded_batch_norms`` counts the folded pairs."""
+    net = copy.deepcopy(network).eval()
+    channels_last = any(p.ndim == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+                        for p in network.parameters())
+    n = 0
+    with torch.no_grad():
+        for module in list(net.modules()):
+            if isinstance(module, nn.Sequential):
+                n += _fold_sequential(module)
+    if bf16:
+        net = net.to(torch.bfloat16)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    net.folded_batch_norms = n
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
