@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 
 from PerfusionDAUGSLib.selection import select_members
-from PerfusionDAUGSLib.umap import labels_from_probabilities
 from PerfusionSegLib.machine import machine_description
 from PerfusionSegLib.networks.unet import build_unet
 from PerfusionSegLib.phantom.generator import generate_training_slice
@@ -131,19 +130,22 @@ def per_patch_ms(config: str, bf16: bool, batch: int = 64, repeats: int = 3) -> 
     return 1000 * best / batch, 1000 * best_cpu / batch
 
 
-STRIDES = (16, 8, 4, 2)
+STRIDES = (32, 16, 8, 4, 2)
+# label -> (stride every member starts at, stages); a start at 32 runs only its 9 windows (no full segmentation)
 SCHEDULES = {
-    "default ((4,4,50%),(2,2,10%))": ((4, 4, 0.50), (2, 2, 0.10)),
-    "((4,4,25%),(2,2,5%))": ((4, 4, 0.25), (2, 2, 0.05)),
-    "((8,8,50%),(4,4,20%),(2,2,5%))": ((8, 8, 0.50), (4, 4, 0.20), (2, 2, 0.05)),
-    "((8,8,100%),(4,4,25%),(2,2,10%))": ((8, 8, 1.0), (4, 4, 0.25), (2, 2, 0.10)),
-    "((4,6,100%),(2,3,20%))": ((4, 6, 1.0), (2, 3, 0.20)),
-    "16 then top-1 at 2": ((2, 1, 0.0),),
-    "16 then top-3 at 2": ((2, 3, 1e9),),
+    "current default (selection.RANK_STRIDE, DEFAULT_SCHEDULE)": None,      # filled in from selection at run time
+    "previous default: 16, ((4,4,50%),(2,2,10%))": (16, ((4, 4, 0.50), (2, 2, 0.10))),
+    "16, ((4,4,25%),(2,2,5%))": (16, ((4, 4, 0.25), (2, 2, 0.05))),
+    "16, ((8,8,50%),(4,4,20%),(2,2,5%))": (16, ((8, 8, 0.50), (4, 4, 0.20), (2, 2, 0.05))),
+    "16, ((8,8,100%),(4,4,25%),(2,2,10%))": (16, ((8, 8, 1.0), (4, 4, 0.25), (2, 2, 0.10))),
+    "16, ((4,6,100%),(2,3,20%))": (16, ((4, 6, 1.0), (2, 3, 0.20))),
+    "16 then top-1 at 2": (16, ((2, 1, 0.0),)),
+    "16 then top-3 at 2": (16, ((2, 3, 1e9),)),
+    "32, ((16,12,100%),(8,6,100%),(4,4,25%),(2,2,10%))": (32, ((16, 12, 1.0), (8, 6, 1.0), (4, 4, 0.25), (2, 2, 0.10))),
+    "32, ((16,16,200%),(8,8,100%),(4,4,25%),(2,2,10%))": (32, ((16, 16, 2.0), (8, 8, 1.0), (4, 4, 0.25), (2, 2, 0.10))),
+    "32, ((4,4,50%),(2,2,10%))": (32, ((4, 4, 0.50), (2, 2, 0.10))),
 }
-DEFAULT_LABEL = "default ((4,4,50%),(2,2,10%))"
-HELD_OUT_FROM = 3      # series 0-2 were seen when the default bands were widened
-NEW_PATCHES = {16: 25, 8: 81 - 25, 4: 289 - 81, 2: 1089 - 289}     # windows a stride adds to the finer ones
+NEW_PATCHES = {32: 9, 16: 25 - 9, 8: 81 - 25, 4: 289 - 81, 2: 1089 - 289}   # windows a stride adds to the coarser
 
 
 def rank(upp: dict, utot: dict, names, order):
@@ -155,8 +157,9 @@ def simulate_fast(rec: dict, schedule) -> tuple:
     selection.select_members: the best <= k within (1 + tol) of the best go on; ties by U_tot, then pool order)."""
     names = rec["names"]
     order = {n: i for i, n in enumerate(names)}
-    cur_upp, cur_utot = dict(rec["upp"]["16"]), dict(rec["utot"]["16"])
-    seen = {n: {16} for n in names}
+    start, schedule = schedule
+    cur_upp, cur_utot = dict(rec["upp"][str(start)]), dict(rec["utot"][str(start)])
+    seen = {n: {s_ for s_ in STRIDES if s_ >= start} for n in names}
     candidates = list(names)
     for stride, k, tol in schedule:
         ranked = rank(cur_upp, cur_utot, candidates, order)
@@ -169,19 +172,23 @@ def simulate_fast(rec: dict, schedule) -> tuple:
                     seen[n].add(s_)
             cur_upp[n], cur_utot[n] = rec["upp"][str(stride)][n], rec["utot"][str(stride)][n]
     chosen = rank(cur_upp, cur_utot, candidates, order)[0]
+    est = rec.get("established")
+    if est in seen and 16 not in seen[est]:      # the established member's segmentation is completed at 16
+        seen[est].add(16)
     forwards = sum(NEW_PATCHES[s_] for n in names for s_ in seen[n])
     return chosen, forwards
 
 
 def record_series(pool, image, truth, established) -> dict:
-    """Every member at strides 16 -> 8 -> 4 -> 2 (incremental: 1089 patch forwards per member in all)."""
+    """Every member at strides 32 -> 16 -> 8 -> 4 -> 2 (incremental: 1089 patch forwards per member in all; at 32
+    only its own 9 windows, as the fast path's ranking stage runs it)."""
     from PerfusionDAUGSLib.selection import PoolEvaluator
 
     ev = PoolEvaluator(pool, [image])
     rec = {"names": list(ev.names), "upp": {}, "utot": {}, "established": established}
     t0 = time.perf_counter()
     for stride in STRIDES:
-        ev.advance(range(len(ev.names)), stride)
+        ev.advance(range(len(ev.names)), stride, segmentation=stride <= 16)
         evs = [ev.evaluation(m, 0) for m in range(len(ev.names))]
         rec["upp"][str(stride)] = {e.member: e.upp for e in evs}
         rec["utot"][str(stride)] = {e.member: e.utot for e in evs}
@@ -206,7 +213,9 @@ def summarise(records, established, vd, args) -> None:
     print("|---|---|---|---|---|")
     ex_d = np.mean([r["dice"][r["exhaustive"]] for r in records])
     print(f"| exhaustive (stride 2, all members) | {n}/{n} | 0 | {ex_d:.3f} | {records[0]['forwards_exhaustive']} |")
+    from PerfusionDAUGSLib.selection import DEFAULT_SCHEDULE, RANK_STRIDE
     for label, sched in SCHEDULES.items():
+        sched = sched or (RANK_STRIDE, DEFAULT_SCHEDULE)
         agree, regrets, dices, fw = 0, [], [], []
         for r in records:
             chosen, forwards = simulate_fast(r, sched)
@@ -217,20 +226,15 @@ def summarise(records, established, vd, args) -> None:
             fw.append(forwards)
         print(f"| fast {label} | {agree}/{n} ({100 * agree / n:.0f}%) | {100 * np.mean(regrets):.2f}% | "
               f"{np.mean(dices):.3f} | {np.mean(fw):.0f} |")
-    held = [r for r in records if r["series"] >= HELD_OUT_FROM]
-    if held:
-        ok = sum(simulate_fast(r, SCHEDULES[DEFAULT_LABEL])[0] == r["exhaustive"] for r in held)
-        print(f"| fast default, series {HELD_OUT_FROM}+ only (not used to choose the default bands) | "
-              f"{ok}/{len(held)} ({100 * ok / len(held):.0f}%) | | | |")
     print(f"| established | | | {np.mean([r['dice'][established] for r in records]):.3f} | |")
     print(f"| best member per series (oracle, by Dice) | | | {np.mean([max(r['dice'].values()) for r in records]):.3f} | |")
     if any("real_fast" in r for r in records):
         chk = [r for r in records if "real_fast" in r]
-        same = sum(r["real_fast"] == simulate_fast(r, r.get("real_schedule", ((4, 4, 0.25), (2, 2, 0.05))))[0]
+        same = sum(r["real_fast"] == simulate_fast(r, r["real_schedule"])[0]
                    for r in chk)
         same_b = sum(r["real_fast_bf16"] == r["real_fast"] for r in chk)
         print(f"\nreal select_members(fast=True) on {len(chk)} series (schedule then in force: "
-              f"{chk[0].get('real_schedule', ((4, 4, 0.25), (2, 2, 0.05)))}): same member as the replay in "
+              f"{chk[0]['real_schedule']}): same member as the replay in "
               f"{same}/{len(chk)}; fast bf16 picks the same member as fast fp32 in {same_b}/{len(chk)}; "
               f"real fast fp32 {np.mean([r['real_fast_seconds'] for r in chk]):.1f} s/series, "
               f"exhaustive {np.mean([r['seconds_exhaustive'] for r in chk]):.1f} s/series (same loaded machine)")
@@ -259,6 +263,7 @@ def main(argv=None) -> int:
     log = Path(args.log) if args.log else cache / f"agreement_{args.agree_config}_{args.members}.jsonl"
     if args.summary_only:
         records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        records = [r for r in records if "32" in r["upp"]]      # records made before the stride-32 stage
         print(f"machine: {machine_description()}")
         summarise(records, records[0]["established"], None, args)
         return 0
@@ -280,7 +285,8 @@ def main(argv=None) -> int:
         records = []
         if log.is_file():
             records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-            records = [r for r in records if r["names"] == [n for n, _ in pool]][: args.n_series]
+            records = [r for r in records if r["names"] == [n for n, _ in pool]
+                       and "32" in r["upp"]][: args.n_series]      # records made before the stride-32 stage: redo
         for i in range(len(records), args.n_series):
             rec = record_series(pool, test_x[i], test_y[i], established)
             rec["series"] = i
@@ -288,8 +294,8 @@ def main(argv=None) -> int:
                 t = time.perf_counter()
                 rec["real_fast"] = select_members(pool, [test_x[i]], fast=True, established=established)[0].chosen
                 rec["real_fast_seconds"] = time.perf_counter() - t
-                from PerfusionDAUGSLib.selection import DEFAULT_SCHEDULE
-                rec["real_schedule"] = DEFAULT_SCHEDULE
+                from PerfusionDAUGSLib.selection import DEFAULT_SCHEDULE, RANK_STRIDE
+                rec["real_schedule"] = (RANK_STRIDE, DEFAULT_SCHEDULE)
                 rec["real_fast_bf16"] = select_members(pool, [test_x[i]], fast=True, bf16=True,
                                                        established=established)[0].chosen
             records.append(rec)

@@ -142,11 +142,12 @@ def run_daugs(series, pool=None, *, umap_stride: int = UMAP_STRIDE, seg_stride: 
 
     ``pool``: a ModelPool, a pool folder or name (default: the shipped ``daugs_pool``), or a list of (name, model).
     ``fast``: staged search (:mod:`selection`); ``fast=False`` runs every member at ``umap_stride``.
-    ``keep_member_labels``: also return every member's labels on the input grid.
+    ``keep_member_labels``: also return every member's labels on the input grid (every member is then segmented
+    at ``seg_stride``, not only the candidates of the fast search).
     """
     from PerfusionSegLib.series import SliceSeries
 
-    from .selection import DEFAULT_SCHEDULE, select_members
+    from .selection import DEFAULT_SCHEDULE, RANK_STRIDE, select_members
 
     single = isinstance(series, SliceSeries)
     seq = [series] if single else list(getattr(series, "slices", series))
@@ -162,6 +163,7 @@ def run_daugs(series, pool=None, *, umap_stride: int = UMAP_STRIDE, seg_stride: 
     selections = select_members(pool_obj, [x for x, _ in prepared], umap_stride=int(umap_stride),
                                 seg_stride=int(seg_stride), fast=fast,
                                 schedule=DEFAULT_SCHEDULE if schedule is None else schedule,
+                                rank_stride=int(seg_stride) if keep_member_labels else RANK_STRIDE,
                                 batch_size=batch_size, bf16=bf16, margin=margin, patch=patch)
     results = [_to_result(s, geo, sel, pool_obj, keep_member_labels, uncertainty_threshold)
                for s, (_, geo), sel in zip(seq, prepared, selections)]

@@ -89,8 +89,10 @@ def _as_tensor(image: ArrayLike) -> torch.Tensor:
     return t
 
 
-def extract_patches(image: ArrayLike, offsets: ArrayLike, patch_shape: Sequence[int]) -> torch.Tensor:
-    """Patches (B, C, ph, pw) of ``image`` (C, H, W) at ``offsets`` (B, 2) (y, x starts); one gather, one copy."""
+def extract_patches(image: ArrayLike, offsets: ArrayLike, patch_shape: Sequence[int],
+                    channels_last: bool = False) -> torch.Tensor:
+    """Patches (B, C, ph, pw) of ``image`` (C, H, W) at ``offsets`` (B, 2) (y, x starts); one gather, one copy.
+    ``channels_last``: laid out channels-last in memory (what the networks run fastest on, without a second copy)."""
     img = _as_tensor(image)
     ph, pw = _pair(patch_shape, "patch size")
     # (H-ph+1, W-pw+1, C, ph, pw) view; indexing its first two axes gathers (B, C, ph, pw) contiguously
@@ -98,6 +100,11 @@ def extract_patches(image: ArrayLike, offsets: ArrayLike, patch_shape: Sequence[
     off = torch.as_tensor(np.asarray(offsets), dtype=torch.long).reshape(-1, 2)
     if off.numel() and (off.min() < 0 or off[:, 0].max() >= windows.shape[0] or off[:, 1].max() >= windows.shape[1]):
         raise InvalidParameterError("patch offsets fall outside the image")
+    if channels_last:
+        # from an (H, W, C) copy of the image, the gather of (B, ph, pw, C) reads and writes C innermost; its
+        # (B, C, ph, pw) view is channels-last (gathering from the (C, H, W) image and reordering costs a transpose)
+        hwc = img.permute(1, 2, 0).contiguous().unfold(0, ph, 1).unfold(1, pw, 1)
+        return hwc.permute(0, 1, 3, 4, 2)[off[:, 0], off[:, 1]].contiguous().permute(0, 3, 1, 2)
     return windows[off[:, 0], off[:, 1]].contiguous()
 
 

@@ -5,15 +5,19 @@ with the best validation Dice, whatever the series.
 
 Exhaustive search runs every member on all 1089 stride-2 patches (the 25 stride-16 patches of the segmentation are
 among them, so they are not run twice). On 2 CPU cores that is minutes per study for a 50-member pool, so the fast path
-ranks in stages, adding patches to running per-member sums (the stride-16, -4 and -2 windows of a 128 image are
-nested, so a later stage only runs the patches it adds):
+ranks in stages, adding patches to running per-member sums (the stride-32, -16, -8, -4 and -2 windows of a 128 image
+are nested, so a later stage only runs the patches it adds):
 
-1. every member at the segmentation stride (16: needed for its segmentation anyway) -> coarse U_pp;
-2. ``schedule`` stages, default ``((4, 4, 0.5), (2, 2, 0.1))``: the best ``max_members`` members whose U_pp at the
-   previous stage is within ``(1 + tolerance)`` of the best go on to the next stride (at least one always does);
-3. the chosen member is the lowest U_pp at the last stride (2), among the members evaluated there.
+1. every member at the ranking stride (``rank_stride``, 32: 9 windows per slice, whose mean is also its coarse
+   segmentation) -> coarse U_pp;
+2. ``schedule`` stages, default ``((16, 12, 1.5), (8, 6, 1.0), (4, 4, 0.25), (2, 2, 0.1))``: the best
+   ``max_members`` members whose U_pp at the previous stage is within ``(1 + tolerance)`` of the best go on to the
+   next stride (at least one always does); from stride 16 on a member also has its full segmentation;
+3. the chosen member is the lowest U_pp at the last stride (2), among the members evaluated there; the established
+   member's segmentation is completed at the segmentation stride.
 
-Members whose U_pp were only measured at a coarse stride keep that value, labelled with its stride.
+Members whose U_pp were only measured at a coarse stride keep that value, labelled with its stride (and their
+segmentation with the stride it rests on).
 Patches are extracted once per batch and fed to each member in turn: on CPU this is faster than stacking members with
 ``torch.func.stack_module_state`` + ``vmap`` (grouped convolutions; measured 3-6x slower here). bf16 autocast is
 optional (``bf16=True``); see docs/daugs.md for its measured effect on speed and on the choice.
@@ -32,14 +36,19 @@ import torch
 from PerfusionSegLib.errors import InvalidParameterError
 from PerfusionSegLib.networks.inference_copy import inference_copy
 
-from .patching import PatchAccumulator, extract_patches, make_grid
+from .patching import PatchAccumulator, _margins, extract_patches, make_grid
 from .umap import (MYOCARDIUM_LABEL, PATCH_SIZE, SEG_STRIDE, UMAP_MARGIN, UMAP_STRIDE, MemberEvaluation,
                    labels_from_probabilities, uncertainty_scores)
 
-# after stride 16: the best <= 4 within +50 % go to stride 4, then the best <= 2 within +10 % to stride 2. Chosen on
-# phantom pools (docs/daugs.md): the eventual stride-2 winner was up to +37 % above the best at stride 16 and +8 % at
-# stride 4, so tighter bands (+25 % / +5 %) missed it.
-DEFAULT_SCHEDULE = ((4, 4, 0.50), (2, 2, 0.10))
+# every member first at stride 32 (9 windows per slice, no full segmentation), then the best <= 12 within +150 % at
+# stride 16 (with their segmentation), <= 6 within +100 % at 8, <= 4 within +25 % at 4 and <= 2 within +10 % at 2.
+# Chosen by replaying phantom series of two 50-member pools (docs/daugs.md, third session): same member as the
+# exhaustive search in 29/30 series of the "tiny" pool and 16/20 of the "default" pool, with 2,553 and 2,718 patch
+# forwards per series. The previous default (every member at 16, then (4, 4, +50 %), (2, 2, +10 %)) agreed in 24/30
+# and 16/20 with 3,224 and 3,361. Coarse rankings are weak predictors on the "default" pool: its exhaustive winner
+# ranked up to 27th at stride 32 and 20th at stride 16, so no schedule of this cost reaches 95 % there.
+DEFAULT_SCHEDULE = ((16, 12, 1.5), (8, 6, 1.0), (4, 4, 0.25), (2, 2, 0.10))
+RANK_STRIDE = 32
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -75,10 +84,13 @@ def members_of(pool_or_members) -> Tuple[List[str], list, Optional[str]]:
 
 
 class _Predictor:
-    """Softmax probabilities of one network for a batch of patches, on the network's device, optional bf16.
+    """Softmax probabilities of one network for a batch of patches, on the network's device, optional bf16 autocast.
 
-    Runs an inference copy of the member (BatchNorm folded into the convolutions; in bf16 mode the copy's weights
-    are bf16 once instead of autocast re-casting them per call): the member's own network is not modified."""
+    fp32 runs an inference copy of the member with BatchNorm folded into the convolutions (exact up to rounding,
+    12-14 % less time per patch); the member's own network is not modified. bf16 runs the member itself under
+    autocast: folded weights rounded to bf16 moved near-tied U_pp rankings (on 3 phantom series of the agreement
+    benchmark the fast bf16 search then chose members 5.2 / 20.6 / 0.5 % worse in stride-2 U_pp than the exhaustive
+    choice; unfolded bf16 chose as fp32 did, 4.0 / 0 / 0 %; docs/daugs.md)."""
 
     def __init__(self, member, bf16: bool = False):
         original = _network_of(member)
@@ -87,13 +99,13 @@ class _Predictor:
         # conv nets run faster channels-last on CPU (oneDNN; the registry loads them so); keep what the net uses
         self.channels_last = any(p.ndim == 4 and p.is_contiguous(memory_format=torch.channels_last)
                                  and not p.is_contiguous() for p in original.parameters())
-        self.network = inference_copy(original, bf16=self.bf16)
+        self.network = original.eval() if self.bf16 else inference_copy(original)
 
     def __call__(self, patches: torch.Tensor) -> torch.Tensor:
-        x = patches.to(self.device, dtype=torch.bfloat16 if self.bf16 else torch.float32, non_blocking=True)
+        x = patches.to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             logits = self.network(x)
         return logits.float().softmax(dim=1).cpu()
 
@@ -188,13 +200,15 @@ class PoolEvaluator:
         return k
 
     def advance(self, member_indices: Sequence[int], stride: int,
-                image_indices: Optional[Sequence[int]] = None) -> None:
+                image_indices: Optional[Sequence[int]] = None, segmentation: bool = True) -> None:
         """Run members on every window of stride ``stride`` (U-map) they have not seen yet, plus any segmentation
-        window (stride ``seg_stride``) still missing, on the given images (default all)."""
+        window (stride ``seg_stride``) still missing, on the given images (default all).
+        ``segmentation=False``: only the stride's own windows (a coarse ranking stage); the segmentation then rests
+        on those of them that are segmentation windows, and :meth:`evaluation` reports that coarser stride."""
         images = list(range(len(self.images))) if image_indices is None else list(image_indices)
-        self.advance_pairs({int(m): images for m in member_indices}, stride)
+        self.advance_pairs({int(m): images for m in member_indices}, stride, segmentation=segmentation)
 
-    def advance_pairs(self, pairs: Dict[int, Sequence[int]], stride: int) -> None:
+    def advance_pairs(self, pairs: Dict[int, Sequence[int]], stride: int, segmentation: bool = True) -> None:
         """:meth:`advance` for member -> images pairs. Windows of all images share batches; each batch of patches
         is extracted once and fed to every member that needs it."""
         member_indices = [m for m in pairs if len(pairs[m])]
@@ -206,19 +220,20 @@ class PoolEvaluator:
             todo[m] = set()
             for i in pairs[m]:
                 st = self.states[m][i]
-                todo[m].update((i,) + o for o in (grids[i] - st.umap_done) | st.seg_needed)
+                wanted = (grids[i] - st.umap_done) | (st.seg_needed if segmentation else set())
+                todo[m].update((i,) + o for o in wanted)
         union = sorted(set().union(*todo.values()))              # image-major: one extraction per image and batch
+        # extracted in the layout the networks run on, once per batch (each member's own conversion is then a no-op;
+        # row subsets of a channels-last batch stay channels-last)
+        cl = any(self.predictors[m].channels_last for m in member_indices)
         for start in range(0, len(union), self.batch_size):
             chunk = union[start:start + self.batch_size]
             parts = []
             for i in sorted({it[0] for it in chunk}):
                 offs = np.asarray([it[1:] for it in chunk if it[0] == i], np.int64)
-                parts.append(extract_patches(self.images[i], offs, (self.patch, self.patch)))
+                parts.append(extract_patches(self.images[i], offs, (self.patch, self.patch), channels_last=cl))
             patches = torch.cat(parts) if len(parts) > 1 else parts[0]
-            # layout and precision once per batch, not once per member (each member's own conversion is then a no-op)
-            if all(self.predictors[m].bf16 for m in member_indices):
-                patches = patches.to(torch.bfloat16)
-            if any(self.predictors[m].channels_last for m in member_indices):
+            if cl:
                 patches = patches.contiguous(memory_format=torch.channels_last)
             for m in member_indices:
                 rows = [j for j, it in enumerate(chunk) if it in todo[m]]
@@ -251,8 +266,10 @@ class PoolEvaluator:
         labels = labels_from_probabilities(mean, self.myo, threshold)
         umap = state.umap.std()[0]
         scores = uncertainty_scores(umap, labels == MYOCARDIUM_LABEL)
+        # a member seen only in a coarse ranking stage has a segmentation from that stage's windows
+        seg_stride = self.seg_stride if not state.seg_needed else max(self.seg_stride, state.stride_reached)
         return MemberEvaluation(member=self.names[m], mean_probabilities=mean, labels=labels, umap=umap,
-                                scores=scores, umap_stride=state.stride_reached, seg_stride=self.seg_stride,
+                                scores=scores, umap_stride=state.stride_reached, seg_stride=seg_stride,
                                 n_umap_patches=len(state.umap_done), flags=scores.flags)
 
 
@@ -264,14 +281,18 @@ def _rank(evals: Dict[str, MemberEvaluation], names: Sequence[str]) -> List[str]
 
 def select_members(pool_or_members, images: Sequence[np.ndarray], *, umap_stride: int = UMAP_STRIDE,
                    seg_stride: int = SEG_STRIDE, fast: bool = True, schedule=DEFAULT_SCHEDULE,
+                   rank_stride: Optional[int] = RANK_STRIDE,
                    patch: int = PATCH_SIZE, margin=UMAP_MARGIN, batch_size: int = 64, bf16: bool = False,
                    established: Optional[str] = None, myocardium_channel: int = MYOCARDIUM_LABEL
                    ) -> List[SelectionResult]:
     """Choose a member per image (DAUGS: lowest U_pp at ``umap_stride``) and report the established one.
 
-    ``fast=False``: exhaustive (every member at ``umap_stride``). ``fast=True``: staged search (module docstring);
-    stages of ``schedule`` finer than ``umap_stride`` are dropped, and when none is at ``umap_stride`` a last stage
-    there keeps the best member. Returns one :class:`SelectionResult` per image.
+    ``fast=False``: exhaustive (every member at ``umap_stride``). ``fast=True``: staged search (module docstring):
+    every member first at ``rank_stride`` (coarser than ``seg_stride``: only that stride's windows, segmentation
+    included; ``None`` or ``seg_stride``: every member at the segmentation stride), then the stages of
+    ``schedule``; stages finer than ``umap_stride`` are dropped, and when none is at ``umap_stride`` a last stage
+    there keeps the best member. The chosen and the established member always get the full segmentation
+    (``seg_stride``). Returns one :class:`SelectionResult` per image.
     """
     t0 = time.perf_counter()
     ev = PoolEvaluator(pool_or_members, images, seg_stride=seg_stride, patch=patch, margin=margin,
@@ -292,8 +313,12 @@ def select_members(pool_or_members, images: Sequence[np.ndarray], *, umap_stride
         stages = [(int(s), int(k), float(tol)) for s, k, tol in schedule if int(s) >= int(umap_stride)]
         if not stages or stages[-1][0] != int(umap_stride):
             stages.append((int(umap_stride), 1, 0.0))
-        # stage 1: every member on every image at the segmentation stride, all in shared batches
-        ev.advance(all_idx, seg_stride)
+        # stage 1: every member on every image at the ranking stride, all in shared batches
+        first = int(seg_stride) if rank_stride is None else max(int(rank_stride), int(seg_stride))
+        lead, trail = _margins(margin, (patch, patch))
+        if first > patch - lead - trail:    # a U-map at this stride would leave pixels no patch interior covers
+            first = int(seg_stride)
+        ev.advance(all_idx, first, segmentation=first == int(seg_stride))
         n_img = len(ev.images)
         evals = [{ev.names[m]: ev.evaluation(m, i) for m in all_idx} for i in range(n_img)]
         candidates = [list(ev.names) for _ in range(n_img)]
@@ -316,6 +341,10 @@ def select_members(pool_or_members, images: Sequence[np.ndarray], *, umap_stride
                 m = ev.names.index(res.chosen)
                 ev.advance([m], umap_stride, [i])
                 res.evaluations[res.chosen] = ev.evaluation(m, i)
+            if est is not None and res.evaluations[est].seg_stride != int(seg_stride):
+                m = ev.names.index(est)                # the baseline's segmentation at the published stride
+                ev.advance([m], seg_stride, [i])
+                res.evaluations[est] = ev.evaluation(m, i)
             results.append(res)
     seconds = time.perf_counter() - t0
     for r in results:

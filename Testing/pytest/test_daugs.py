@@ -93,6 +93,10 @@ def test_extract_patches_equals_slicing_and_batches_cover_everything():
     assert seen == grid.n_patches
     with pytest.raises(InvalidParameterError):
         extract_patches(img, np.array([[20, 0]]), (8, 6))
+    offs = grid.offsets[::5]
+    cl = extract_patches(img, offs, (8, 6), channels_last=True)
+    assert cl.is_contiguous(memory_format=torch.channels_last) and not cl.is_contiguous()
+    assert torch.equal(cl, extract_patches(img, offs, (8, 6)))
 
 
 def _naive_stats(values, offsets, shape, rects):
@@ -220,6 +224,29 @@ def test_selection_picks_the_planted_best_and_fast_equals_exhaustive():
     seg = exhaustive[0].chosen_evaluation.labels == 2
     dice = 2 * (seg & ring).sum() / (seg.sum() + ring.sum())
     assert dice > 0.9
+
+
+def test_coarse_ranking_stage_segments_fully_only_candidates_chosen_and_established():
+    img, ring = ring_image(size=64, channels=2, seed=4)
+    members = _planted_pool()
+    # half-size geometry: 32-pixel patches, segmentation stride 8, ranking stride 16 (9 windows)
+    kw = dict(fast=True, seg_stride=8, established="noisy_a", patch=32, schedule=((8, 2, 1e9), (2, 1, 0.0)))
+    coarse = select_members(members, [img], rank_stride=16, **kw)[0]
+    full = select_members(members, [img], rank_stride=None, **kw)[0]
+    ev = coarse.evaluations
+    assert coarse.chosen == full.chosen == "good"
+    assert ev["good"].seg_stride == 8 and ev["good"].umap_stride == 2
+    assert ev["noisy_a"].seg_stride == 8                        # the established baseline: full segmentation
+    only_ranked = [n for n, e in ev.items() if e.umap_stride == 16]
+    assert only_ranked and all(ev[n].seg_stride == 16 and ev[n].n_umap_patches == 9 for n in only_ranked)
+    assert all(e.seg_stride == 8 for e in full.evaluations.values())
+    # a ranking stride whose windows leave gaps for the patch margin falls back to the segmentation stride
+    gaps = select_members(members, [img], rank_stride=32, **kw)[0]
+    assert all(e.seg_stride == 8 for e in gaps.evaluations.values()) and gaps.chosen == "good"
+    # same windows for the chosen member either way: same segmentation and U-map
+    assert np.array_equal(coarse.chosen_evaluation.labels, full.chosen_evaluation.labels)
+    assert coarse.upp["good"] == pytest.approx(full.upp["good"], rel=1e-6)
+    assert coarse.n_patch_forwards < full.n_patch_forwards
 
 
 def test_fast_path_never_goes_finer_than_the_umap_stride():

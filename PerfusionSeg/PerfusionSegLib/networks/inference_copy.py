@@ -1,15 +1,13 @@
-"""An inference-only copy of a network: BatchNorm folded into the preceding convolution, optionally cast to bf16.
+"""An inference-only copy of a network with BatchNorm folded into the preceding convolution.
 
 Why: DAUGS runs every pool member on thousands of 64x64 patches per study on CPU. In eval mode a BatchNorm that
 follows a convolution is an affine map per channel, so it can be folded into the convolution's weights and bias
-exactly (up to rounding). That saves one pass over every activation. Casting the copy's weights to bf16 once saves
-autocast re-casting them on every call. Measured on the 2-core machine with UNet2D "default" and 64 patches per
-batch: bf16 autocast took 0.97-0.98 ms per patch; this copy took 0.89-0.90 ms, with the same agreement with fp32
-(argmax 99.7 % either way). See docs/daugs.md.
+exactly (up to fp32 rounding), which saves one pass over every activation: UNet2D "default", 64 patches per batch,
+fp32, 2-core machine: 1.93 -> 1.69 ms per patch (docs/daugs.md). Used for fp32 only: with bf16 autocast, the folded
+weights rounded to bf16 moved near-tied U_pp rankings (docs/daugs.md), so bf16 runs the member unfolded.
 
 Pre-activation residual blocks (BN -> ReLU -> conv, the ResUNet) have no convolution directly before their BN, so
-nothing is folded there; only the ResUNet's final conv -> BN pair is.
-The caller's network is never modified.
+nothing is folded there; only the ResUNet's final conv -> BN pair is. The caller's network is never modified.
 """
 from __future__ import annotations
 
@@ -43,10 +41,10 @@ def _fold_sequential(seq: nn.Sequential) -> int:
     return n
 
 
-def inference_copy(network: nn.Module, *, bf16: bool = False) -> nn.Module:
+def inference_copy(network: nn.Module) -> nn.Module:
     """An eval-mode deep copy with Conv2d -> BatchNorm2d pairs folded (within each ``nn.Sequential``), in the
-    original's memory format (channels-last stays channels-last); ``bf16``: its floating-point parameters and
-    buffers are cast to bfloat16 (feed it bf16 input). Attribute ``folded_batch_norms`` counts the folded pairs."""
+    original's memory format (channels-last stays channels-last). Attribute ``folded_batch_norms`` counts the
+    folded pairs."""
     net = copy.deepcopy(network).eval()
     channels_last = any(p.ndim == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
                         for p in network.parameters())
@@ -55,8 +53,6 @@ def inference_copy(network: nn.Module, *, bf16: bool = False) -> nn.Module:
         for module in list(net.modules()):
             if isinstance(module, nn.Sequential):
                 n += _fold_sequential(module)
-    if bf16:
-        net = net.to(torch.bfloat16)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     net.folded_batch_norms = n
