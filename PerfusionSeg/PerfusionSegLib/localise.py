@@ -24,7 +24,10 @@ later. The rule used here:
    both are rated for LV-likeness (roundness x fill x solidity x the fraction of a 2-8 mm band around them that
    enhances like myocardium rather than staying dark like lung, fat or air). When the "RV" looks 1.5x more like an LV
    than the "LV" does, the two are swapped: the phantom's randomised preset (rest) has cases where the LV lights up
-   with or even before the RV, and a thin crescent RV is then taken for the later pool.
+   with or even before the RV, and a thin crescent RV is then taken for the later pool. The same check runs when
+   the "LV" touches the "RV" (closer than a septum, WALL_GAP_MM): in apical slices (small cavity, thick wall, thin
+   RV) the LV pool was taken for the RV and its own later-enhancing wall for the LV; the pool then becomes the LV
+   and the RV is left unknown (lower confidence).
 6. The centre is the centroid of the chosen region when it is well inside it, else the point deepest inside
    (distance-transform maximum), so it lies in the blood pool even for crescent-shaped regions. When the region's
    arrival times spread by more than a frame (myocardium joined to the pool: it is fed through the coronaries and
@@ -63,6 +66,7 @@ LV_CUTS = (0.5, 0.65, 0.8)  # fractions of the bright late enhancement tried for
 AMBIGUOUS_LAG_FRAMES = 3.0  # RV-to-LV delay (frames) below which the pair is also checked by shape
 SWAP_RATIO = 1.5        # the "RV" must look this much more like an LV than the "LV" for the two to be swapped
 RING_MM = (2.0, 8.0)    # band around a pool candidate where the LV's myocardium is looked for
+WALL_GAP_MM = 3.0       # an RV and an LV pool are at least a septum apart; closer, the "LV" is a pool's own wall
 MAX_LAG_S = 20.0        # RV-to-LV arrival delay is a few heartbeats (pulmonary transit); longer is recirculation
 
 
@@ -393,11 +397,15 @@ def _search(level, peak, arrival, reliable, cnr, ref, min_area, mm, dt):
         # LV and RV lighting up within about a frame of each other: timing cannot tell them apart, shape can (the LV
         # is a round pool wrapped in myocardium, the RV a crescent against the chest wall or the lung)
         lag = float(np.median(arrival[lv_mask]) - np.median(arrival[rv_mask]))
-        if lag < AMBIGUOUS_LAG_FRAMES * dt:
+        # an "LV" touching its "RV" has no septum between them: it is the later-enhancing wall of that pool (apical
+        # slices: a small cavity, thick myocardium, a thin RV), so the same shape test decides
+        touching = float(ndimage.distance_transform_edt(~rv_mask)[lv_mask].min()) * mm < WALL_GAP_MM
+        if lag < AMBIGUOUS_LAG_FRAMES * dt or touching:
             like_lv = _lv_likeness(lv_mask, peak, cnr, mm, rv_mask)
             like_rv = _lv_likeness(rv_mask, peak, cnr, mm, lv_mask)
             if like_rv > SWAP_RATIO * like_lv:
-                lv_mask, rv_mask = rv_mask, lv_mask
+                # timing close: the two pools swap roles; touching: the "LV" was wall, the true RV is unknown
+                lv_mask, rv_mask = rv_mask, (None if touching and lag >= AMBIGUOUS_LAG_FRAMES * dt else lv_mask)
                 roundness = _region_shape(lv_mask)[0]
     rivals = [sc for sc, m, _ in lvs[1:] if not (m & lv_mask).any()]   # the same pool at another cut is no rival
     margin = 1.0 - (rivals[0] / s0 if rivals else 0.0)

@@ -185,3 +185,14 @@ def test_phantom_slices_hit(preset, seed, condition):
     for s, truth in zip(ps.study.slices, ps.truth):
         loc = locate_lv(s)
         assert _inside(truth.labels == 1, loc.center_yx), (preset, seed, s.level, loc.center_yx)
+
+
+# apical slices of the randomised preset where the old rule took the LV pool for the RV and the pool's own, later
+# enhancing wall (touching it: no septum between) for the LV; the pair is now checked by shape (localise.WALL_GAP_MM)
+@pytest.mark.parametrize("seed,condition,level", [(40079, "rest", 2), (50029, "rest", 2)])
+def test_pool_touching_its_rv_is_checked_by_shape(seed, condition, level):
+    phantom = pytest.importorskip("PerfusionSegLib.phantom", reason="phantom module not in this tree")
+    ps = phantom.generate_study(preset="randomised", seed=seed, condition=condition, n_slices=3)
+    s, truth = ps.study.slices[level], ps.truth[level]
+    loc = locate_lv(s)
+    assert _inside(truth.labels == 1, loc.center_yx), (seed, s.level, loc.center_yx)
