@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from PerfusionSegLib.errors import InvalidParameterError
-from PerfusionSegLib.networks.inference_copy import inference_copy
+from PerfusionSegLib.networks.inference_copy import inference_copy, uses_channels_last
 
 from .patching import PatchAccumulator, _margins, extract_patches, make_grid
 from .umap import (MYOCARDIUM_LABEL, PATCH_SIZE, SEG_STRIDE, UMAP_MARGIN, UMAP_STRIDE, MemberEvaluation,
@@ -97,8 +97,7 @@ class _Predictor:
         self.device = _device_of(original)
         self.bf16 = bool(bf16)
         # conv nets run faster channels-last on CPU (oneDNN; the registry loads them so); keep what the net uses
-        self.channels_last = any(p.ndim == 4 and p.is_contiguous(memory_format=torch.channels_last)
-                                 and not p.is_contiguous() for p in original.parameters())
+        self.channels_last = uses_channels_last(original)
         self.network = original.eval() if self.bf16 else inference_copy(original)
 
     def __call__(self, patches: torch.Tensor) -> torch.Tensor:

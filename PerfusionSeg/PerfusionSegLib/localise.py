@@ -399,13 +399,14 @@ def _search(level, peak, arrival, reliable, cnr, ref, min_area, mm, dt):
         lag = float(np.median(arrival[lv_mask]) - np.median(arrival[rv_mask]))
         # an "LV" touching its "RV" has no septum between them: it is the later-enhancing wall of that pool (apical
         # slices: a small cavity, thick myocardium, a thin RV), so the same shape test decides
+        close = lag < AMBIGUOUS_LAG_FRAMES * dt
         touching = float(ndimage.distance_transform_edt(~rv_mask)[lv_mask].min()) * mm < WALL_GAP_MM
-        if lag < AMBIGUOUS_LAG_FRAMES * dt or touching:
+        if close or touching:
             like_lv = _lv_likeness(lv_mask, peak, cnr, mm, rv_mask)
             like_rv = _lv_likeness(rv_mask, peak, cnr, mm, lv_mask)
             if like_rv > SWAP_RATIO * like_lv:
-                # timing close: the two pools swap roles; touching: the "LV" was wall, the true RV is unknown
-                lv_mask, rv_mask = rv_mask, (None if touching and lag >= AMBIGUOUS_LAG_FRAMES * dt else lv_mask)
+                # timing close: the two pools swap roles; only touching: the "LV" was wall, the true RV is unknown
+                lv_mask, rv_mask = rv_mask, (lv_mask if close else None)
                 roundness = _region_shape(lv_mask)[0]
     rivals = [sc for sc, m, _ in lvs[1:] if not (m & lv_mask).any()]   # the same pool at another cut is no rival
     margin = 1.0 - (rivals[0] / s0 if rivals else 0.0)

@@ -41,13 +41,18 @@ def _fold_sequential(seq: nn.Sequential) -> int:
     return n
 
 
+def uses_channels_last(network: nn.Module) -> bool:
+    """Whether the network's 4-D weights are laid out channels-last (the registry loads networks so)."""
+    return any(p.ndim == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+               for p in network.parameters())
+
+
 def inference_copy(network: nn.Module) -> nn.Module:
     """An eval-mode deep copy with Conv2d -> BatchNorm2d pairs folded (within each ``nn.Sequential``), in the
     original's memory format (channels-last stays channels-last). Attribute ``folded_batch_norms`` counts the
     folded pairs."""
     net = copy.deepcopy(network).eval()
-    channels_last = any(p.ndim == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
-                        for p in network.parameters())
+    channels_last = uses_channels_last(network)
     n = 0
     with torch.no_grad():
         for module in list(net.modules()):
