@@ -94,3 +94,24 @@ def test_tiny_daugs_run_resumes_and_exports_a_pool(tmp_path):
     pool = load_pool(tmp_path / "pool", device="cpu")
     assert len(pool) == 2 and pool.established in pool.names
     assert pool.input_spec()["n_frames"] == 30
+
+
+
+def test_time_budget_counts_earlier_invocations_of_a_run(tmp_path):
+    """--max-minutes is per run: an interrupted pool run, started again, does not train run00 for a second budget."""
+    from PerfusionSegLib.training.data import PhantomSource
+    from PerfusionSegLib.training.trainer import _save_tensor_dict, train
+
+    recipe = DAUGS2024.replace(config="tiny", epochs=4, steps_per_epoch=1, batch_size=4, bank_size=1, val_slices=0)
+    source = PhantomSource(["siemens-flash-3t"], recipe)
+    first = train(recipe.replace(epochs=1), source, [], tmp_path, progress=False, log=lambda m: None)
+    assert first.epochs_done == 1
+    # as if that epoch had taken an hour: a 30-minute budget is spent, so starting again trains nothing more
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    history = json.loads(state["history"])
+    history[0]["seconds"] = 3600.0
+    _save_tensor_dict(dict(state, history=json.dumps(history)), tmp_path / "state.pt")
+    again = train(recipe, source, [], tmp_path, max_minutes=30, progress=False, log=lambda m: None)
+    assert again.epochs_done == 1
+    more = train(recipe, source, [], tmp_path, max_minutes=None, progress=False, log=lambda m: None)
+    assert more.epochs_done == 4

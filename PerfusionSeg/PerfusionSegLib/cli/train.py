@@ -29,7 +29,7 @@ def register(subparsers) -> None:
     p.add_argument("--dice-threshold", type=float, default=0.87,
                    help="DAUGS: a checkpoint joins the pool when its validation myocardium Dice reaches this")
     p.add_argument("--max-members", type=int, default=50)
-    p.add_argument("--max-minutes", type=float, help="stop each run after this many minutes (resumable)")
+    p.add_argument("--max-minutes", type=float, help="training budget of each run in minutes, counted over interrupted and resumed invocations")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resume", action="store_true", help="start again even if the output holds a run")

@@ -163,6 +163,8 @@ def train(recipe: Recipe, source, val_set: List, run_dir, *, seed: int = 0, devi
     write_text_atomic(run_dir / "recipe.json", json.dumps({**recipe.to_dict(), "seed": seed}, indent=2))
 
     t_start = time.time()
+    # the budget is per run, not per invocation: epochs of earlier (interrupted) invocations count against it
+    spent_before = sum(h.get("seconds", 0.0) for h in history)
     bar = tqdm(total=recipe.bank_size, desc="generating examples", disable=not progress, leave=False)
     bank = SliceBank(source, recipe.bank_size, rng, progress=bar)
     bar.close()
@@ -170,8 +172,8 @@ def train(recipe: Recipe, source, val_set: List, run_dir, *, seed: int = 0, devi
     stale = 0 if best is None else len(history) - 1 - history.index(best)
     stopped_early = False
     for epoch in range(start_epoch, recipe.epochs):
-        if max_minutes is not None and history and (time.time() - t_start) / 60 > max_minutes:  # >= 1 epoch
-            log(f"time budget of {max_minutes} min reached after epoch {epoch}")
+        if max_minutes is not None and history and (spent_before + time.time() - t_start) / 60 > max_minutes:
+            log(f"time budget of {max_minutes} min reached after epoch {epoch}")  # (always >= 1 epoch)
             break
         t0 = time.time()
         if epoch > start_epoch:
