@@ -276,12 +276,13 @@ def find_checkpoints(run_dirs: Sequence[Union[str, os.PathLike]]) -> List[dict]:
 
 def build_pool_from_runs(run_dirs: Sequence[Union[str, os.PathLike]], out_dir: Union[str, os.PathLike], *,
                          dice_threshold: float = 0.87, max_members: int = 50, name: Optional[str] = None,
-                         half: bool = False, device: str = "cpu") -> Path:
+                         half: bool = False, device: str = "cpu", extra: Optional[dict] = None) -> Path:
     """Pool of the checkpoints (runs x epochs) whose validation myocardium Dice >= ``dice_threshold``.
 
     Above ``max_members``, the best by Dice are kept, spread over the runs (round robin over runs, each run's
     checkpoints in descending Dice), so one run cannot fill the pool. The established member is the best Dice.
-    Checkpoints are loaded through the registry (sha256 checked) and copied into ``out_dir``.
+    Checkpoints are loaded through the registry (sha256 checked) and copied into ``out_dir``. ``extra``: more
+    index entries (the pool's model card: training data, recipe, time and machine).
     """
     if not 0.0 <= float(dice_threshold) <= 1.0:
         raise InvalidParameterError(f"Dice threshold must be in [0, 1], got {dice_threshold}")
@@ -318,5 +319,5 @@ def build_pool_from_runs(run_dirs: Sequence[Union[str, os.PathLike]], out_dir: U
         members.append({"name": mname, "network": model.network, "card": c["card"], "run": c["run"],
                         "epoch": c["epoch"], "val_dice": c["val_dice"]})
     return save_pool(members, out_dir, name=name, dice_threshold=float(dice_threshold), half=half,
-                     extra={"source_runs": [str(Path(r)) for r in run_dirs], "candidates": len(ckpts),
-                            "passing": len(passing)})
+                     extra={**(extra or {}), "source_runs": [str(Path(r)) for r in run_dirs],
+                            "candidates": len(ckpts), "passing": len(passing)})

@@ -93,6 +93,8 @@ def test_tiny_daugs_run_resumes_and_exports_a_pool(tmp_path):
     assert [h["epoch"] for h in history] == [1, 2]
     pool = load_pool(tmp_path / "pool", device="cpu")
     assert len(pool) == 2 and pool.established in pool.names
+    training = json.loads((tmp_path / "pool" / "pool.json").read_text())["training"]   # the pool's model card
+    assert training["seeds"] == [0] and training["data"]["phantom_presets"] == ["siemens-flash-3t"]
     assert pool.input_spec()["n_frames"] == 30
 
 
@@ -111,7 +113,15 @@ def test_time_budget_counts_earlier_invocations_of_a_run(tmp_path):
     history = json.loads(state["history"])
     history[0]["seconds"] = 3600.0
     _save_tensor_dict(dict(state, history=json.dumps(history)), tmp_path / "state.pt")
-    again = train(recipe, source, [], tmp_path, max_minutes=30, progress=False, log=lambda m: None)
-    assert again.epochs_done == 1
+    draws = []
+
+    class Counting:
+        def draw(self, rng):
+            draws.append(1)
+            return source.draw(rng)
+
+    again = train(recipe, Counting(), [], tmp_path, max_minutes=30, progress=False, log=lambda m: None)
+    assert again.epochs_done == 1 and not draws          # nor does it generate a bank it will not use
+    assert again.seconds >= 3600
     more = train(recipe, source, [], tmp_path, max_minutes=None, progress=False, log=lambda m: None)
     assert more.epochs_done == 4

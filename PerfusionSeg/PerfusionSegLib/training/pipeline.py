@@ -70,7 +70,8 @@ def train_family(recipe: Recipe, data: Sequence[str], out_dir, *, runs: Optional
     from PerfusionDAUGSLib.pool import build_pool_from_runs, read_index
 
     pool_dir = build_pool_from_runs([res.run_dir / "checkpoints" for res in results], out_dir / "pool",
-                                    dice_threshold=dice_threshold, max_members=max_members, half=half)
+                                    dice_threshold=dice_threshold, max_members=max_members, half=half,
+                                    extra={"training": training})
     n_members = len(read_index(pool_dir)["members"])
     summary = f"DAUGS pool: {n_members} members (validation myocardium Dice >= {dice_threshold}) from {n_runs} runs -> {pool_dir}"
     return {"summary": summary, "pool": str(pool_dir), "n_members": n_members, "runs": [str(r.run_dir) for r in results]}

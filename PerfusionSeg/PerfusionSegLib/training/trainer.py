@@ -37,7 +37,7 @@ class TrainResult:
     best_val_dice: Optional[float]
     history: list
     stopped_early: bool
-    seconds: float
+    seconds: float      # epochs of earlier invocations plus the whole of this one (data generation included)
 
 
 def dice_per_class(pred: np.ndarray, ref: np.ndarray, classes: Sequence[int] = (1, 2, 3)) -> dict:
@@ -165,16 +165,20 @@ def train(recipe: Recipe, source, val_set: List, run_dir, *, seed: int = 0, devi
     t_start = time.time()
     # the budget is per run, not per invocation: epochs of earlier (interrupted) invocations count against it
     spent_before = sum(h.get("seconds", 0.0) for h in history)
-    bar = tqdm(total=recipe.bank_size, desc="generating examples", disable=not progress, leave=False)
-    bank = SliceBank(source, recipe.bank_size, rng, progress=bar)
-    bar.close()
     best = max(history, key=lambda h: h["val_dice"].get("2") or -1) if history else None
     stale = 0 if best is None else len(history) - 1 - history.index(best)
     stopped_early = False
+    out_of_time = lambda: (max_minutes is not None and bool(history)  # noqa: E731 - always >= 1 epoch
+                           and (spent_before + time.time() - t_start) / 60 > max_minutes)
+    bank = None
     for epoch in range(start_epoch, recipe.epochs):
-        if max_minutes is not None and history and (spent_before + time.time() - t_start) / 60 > max_minutes:
-            log(f"time budget of {max_minutes} min reached after epoch {epoch}")  # (always >= 1 epoch)
+        if out_of_time():
+            log(f"time budget of {max_minutes} min reached after epoch {epoch}")
             break
+        if bank is None:  # generated only when an epoch will run (a finished run, started again, returns at once)
+            bar = tqdm(total=recipe.bank_size, desc="generating examples", disable=not progress, leave=False)
+            bank = SliceBank(source, recipe.bank_size, rng, progress=bar)
+            bar.close()
         t0 = time.time()
         if epoch > start_epoch:
             bank.refresh(recipe.bank_refresh)
@@ -217,4 +221,4 @@ def train(recipe: Recipe, source, val_set: List, run_dir, *, seed: int = 0, devi
             break
     return TrainResult(run_dir, len(history), best["epoch"] if best else None,
                        (best["val_dice"].get("2") if best else None), history, stopped_early,
-                       round(time.time() - t_start, 1))
+                       round(spent_before + time.time() - t_start, 1))
