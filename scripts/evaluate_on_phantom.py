@@ -40,6 +40,8 @@ def main(argv=None) -> int:
     ap.add_argument("--exhaustive", action="store_true", help="DAUGS: every member at the U-map stride")
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--out", type=Path, help="per-slice results as JSON")
+    ap.add_argument("--record", action="store_true",
+                    help="store the summary in the pool's model card (pool.json evaluation.phantom_test)")
     args = ap.parse_args(argv)
 
     from PerfusionSegLib.phantom import generate_study
@@ -106,9 +108,13 @@ def main(argv=None) -> int:
             lost.append(str(n_lost))
         summary[preset] = entry
         print(f"| {preset} | {len(sel)} | {cells[0]} | {cells[1]} | {cells[2]} | {' / '.join(lost)} |")
+    record = {"summary": summary, "seed_base": args.seed_base, "studies_per_preset": args.studies,
+              "fast": not args.exhaustive, "bf16": args.bf16, "resunet": args.model, "lost_below_myo_dice": LOST}
     if args.out:
-        args.out.write_text(json.dumps({"summary": summary, "rows": rows, "seed_base": args.seed_base,
-                                        "studies_per_preset": args.studies, "fast": not args.exhaustive}, indent=1))
+        args.out.write_text(json.dumps(dict(record, rows=rows), indent=1))
+    if args.record and args.pool:
+        from PerfusionDAUGSLib.pool import record_evaluation
+        print(f"recorded in {record_evaluation(args.pool, 'phantom_test', record)}")
     return 0
 
 

@@ -54,6 +54,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ml-limit", type=int, help="evaluate only the first N ml_perfusion series")
     ap.add_argument("--fast", action="store_true", help="DAUGS staged search instead of exhaustive")
     ap.add_argument("--out", type=Path, help="write the per-case results as JSON")
+    ap.add_argument("--record", action="store_true",
+                    help="store the summary in the pool's model card (pool.json evaluation.real_data)")
     args = ap.parse_args(argv)
     if not DATA.exists():
         print(f"real data absent: {DATA}", file=sys.stderr)
@@ -88,7 +90,9 @@ def main(argv=None) -> int:
                            resunet_flags=list((res.qc or {}).get("flags", [])))
             if pool is not None:
                 from PerfusionDAUGSLib.daugs import run_daugs
-                res = run_daugs(series, pool, fast=args.fast, device="cpu")
+                # the daugs_dev crops are already 2x interpolated (data README): DAUGS must not interpolate again
+                res = run_daugs(series, pool, fast=args.fast, device="cpu",
+                                input_overrides={"scale": 1.0} if dataset == "daugs_dev" else None)
                 row.update(daugs_myo=_dice(res.labels, ref, 2), daugs_bp=_dice(res.labels, ref, 1),
                            daugs_chosen=res.chosen, daugs_upp=res.upp_chosen, daugs_flags=list(res.flags or []),
                            daugs_empty=bool((res.labels == 2).sum() == 0))
@@ -108,6 +112,7 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"| {r['dataset']} | {r['case']} | {fmt(r.get('resunet_myo'))} | {fmt(r.get('daugs_myo'))} | "
               f"{fmt(r.get('established_myo'))} | {', '.join(r.get('daugs_flags', [])) or r.get('error', '')} |")
+    summaries = {}
     for dataset in ("daugs_dev", "ml_perfusion"):
         sel = [r for r in rows if r["dataset"] == dataset]
         if not sel:
@@ -120,8 +125,16 @@ def main(argv=None) -> int:
         flagged = sum(bool(r.get("daugs_flags")) for r in sel)
         print(f"{dataset}: n={len(sel)} mean Dice {summary}; crashes {errors}, empty myocardium {empty}, "
               f"QC-flagged {flagged}")
+        summaries[dataset] = dict(summary, n=len(sel), crashes=errors, empty_myocardium=empty, qc_flagged=flagged)
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
+    if args.record and args.pool:
+        from PerfusionDAUGSLib.pool import record_evaluation
+        per_case = {f"{r['dataset']}/{r['case']}": {k: r.get(k) for k in ("daugs_myo", "established_myo", "resunet_myo")
+                                                   if k in r} for r in rows if r["dataset"] == "daugs_dev"}
+        record = {"summary": summaries, "daugs_dev_per_slice": per_case, "fast": args.fast,
+                  "note": "test only: never used to select models or stop training"}
+        print(f"recorded in {record_evaluation(args.pool, 'real_data', record)}")
     return 0
 
 

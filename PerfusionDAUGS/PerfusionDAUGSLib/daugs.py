@@ -137,13 +137,15 @@ def _resolve_pool(pool, device: str):
 def run_daugs(series, pool=None, *, umap_stride: int = UMAP_STRIDE, seg_stride: int = SEG_STRIDE, fast: bool = True,
               device: str = "auto", bf16: bool = False, keep_member_labels: bool = False, center_yx=None,
               schedule=None, batch_size: int = 64, margin=UMAP_MARGIN,
-              uncertainty_threshold: Optional[float] = HIGH_UNCERTAINTY_UPP):
+              uncertainty_threshold: Optional[float] = HIGH_UNCERTAINTY_UPP, input_overrides: Optional[dict] = None):
     """DAUGS segmentation of a SliceSeries (-> DAUGSResult) or of a Study / list of series (-> list, slices batched).
 
     ``pool``: a ModelPool, a pool folder or name (default: the shipped ``daugs_pool``), or a list of (name, model).
     ``fast``: staged search (:mod:`selection`); ``fast=False`` runs every member at ``umap_stride``.
     ``keep_member_labels``: also return every member's labels on the input grid (every member is then segmented
     at ``seg_stride``, not only the candidates of the fast search).
+    ``input_overrides``: preparation keywords over the pool's (e.g. ``{"scale": 1.0}`` for series that are already
+    2x interpolated, as the DAUGS authors' own crops are).
     """
     from PerfusionSegLib.series import SliceSeries
 
@@ -157,6 +159,10 @@ def run_daugs(series, pool=None, *, umap_stride: int = UMAP_STRIDE, seg_stride: 
         raise InvalidParameterError(f"strides must be >= 1, got U-map {umap_stride}, segmentation {seg_stride}")
     pool_obj = _resolve_pool(pool, device)
     overrides = _input_overrides(pool_obj)
+    unknown = sorted(set(input_overrides or {}) - set(DAUGS_INPUT) - {"dt"})
+    if unknown:
+        raise InvalidParameterError(f"unknown DAUGS input override(s) {unknown}; known: {sorted(DAUGS_INPUT)}, dt")
+    overrides.update(input_overrides or {})
     patch = int(overrides.pop("patch", PATCH_SIZE))
     centres = center_yx if (center_yx is not None and not single) else [center_yx] * len(seq)
     prepared = [prepare_daugs_input(s, center_yx=c, **overrides) for s, c in zip(seq, centres)]

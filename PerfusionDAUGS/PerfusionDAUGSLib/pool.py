@@ -218,6 +218,20 @@ def save_pool(members: Sequence, out_dir: Union[str, os.PathLike], *, name: Opti
     return out
 
 
+def record_evaluation(path_or_name: Union[str, os.PathLike], key: str, results: dict) -> Path:
+    """Store measured results in the pool's model card (``pool.json`` ``evaluation[key]``), atomically; the members
+    and their checksums are left as they are. Returns the index path."""
+    folder = resolve_pool_path(path_or_name)
+    index = read_index(folder)
+    if not key or not isinstance(results, dict):
+        raise InvalidParameterError("an evaluation needs a name and a dict of results")
+    evaluation = dict(index.get("evaluation") or {})
+    evaluation[str(key)] = results
+    index["evaluation"] = evaluation
+    write_text_atomic(folder / INDEX_NAME, json.dumps(index, indent=2) + "\n")
+    return folder / INDEX_NAME
+
+
 def _card_dice(card: dict) -> Optional[float]:
     """Validation myocardium Dice recorded in a model card (top level, ``metrics`` or ``validation``)."""
     for holder in (card, card.get("metrics") or {}, card.get("validation") or {},

@@ -284,6 +284,15 @@ def test_pool_round_trip_with_sha256_check(tmp_path):
     folder = save_pool(members, tmp_path / "pool", name="test-pool", dice_threshold=0.87)
     pool = load_pool(folder, device="cpu")
     assert pool.names == [m["name"] for m in members] and pool.established == "run1_ep005"
+    # measured results go into the pool's card without touching its members; a second key keeps the first
+    from PerfusionDAUGSLib.pool import record_evaluation
+    record_evaluation(folder, "phantom_test", {"myo": 0.9})
+    record_evaluation(folder, "real", {"myo": 0.7})
+    index = json.loads((folder / INDEX_NAME).read_text())
+    assert index["evaluation"] == {"phantom_test": {"myo": 0.9}, "real": {"myo": 0.7}}
+    assert load_pool(folder, device="cpu").names == pool.names
+    with pytest.raises(InvalidParameterError):
+        record_evaluation(folder, "", {})
     assert pool.member("run2_ep007").epoch == 7 and pool.member("run0_ep003").val_dice == pytest.approx(0.88)
     x = torch.rand(2, 3, 64, 64)
     for m in members:
@@ -384,6 +393,12 @@ def test_run_daugs_end_to_end_with_a_saved_pool(tmp_path):
     assert res.labels.shape == shape and res.umap.shape == shape and np.isfinite(res.umap).all()
     assert res.established == "m1" and res.chosen in ("m0", "m1") and res.established_labels.shape == shape
     assert res.pool_name == "pool" and set(res.upp) == {"m0", "m1"}
+    # a series already interpolated 2x (the DAUGS authors' crops) is prepared without a second interpolation
+    same = run_daugs(series, str(folder), device="cpu", input_overrides={"scale": 1.0})
+    assert same.geometry.to_network_grid(np.ones(shape), order=0).sum() == np.prod(shape)
+    assert res.geometry.to_network_grid(np.ones(shape), order=0).sum() > 3 * np.prod(shape)
+    with pytest.raises(InvalidParameterError, match="unknown DAUGS input override"):
+        run_daugs(series, str(folder), device="cpu", input_overrides={"zoom": 1.0})
 
     def no_constants(token):
         raise AssertionError(f"non-JSON constant {token} in S_daugs.json")
