@@ -5,7 +5,6 @@ are computed, and the least uncertain member's segmentation is chosen. The scien
 converts nodes to arrays (main thread), runs the Lib on a worker thread, and creates new nodes (main thread).
 """
 import logging
-import os
 from typing import Annotated, Union
 
 import qt
@@ -175,7 +174,7 @@ class PerfusionDAUGSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _onTaskFinished(self, outcome) -> None:
         self.ui.progressBar.visible = False
-        task, self._task = self._task, None
+        self._task = None
         if outcome.state == "cancelled":
             self.ui.statusLabel.text = "Cancelled: no nodes were created."
             return
