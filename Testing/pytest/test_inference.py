@@ -296,3 +296,23 @@ def test_expert_labels_pass_qc_and_survive_postprocessing():
         mid = rows[len(rows) // 2]
         broken[mid - 1:mid + 2][broken[mid - 1:mid + 2] == 2] = 0          # cut the ring across
         assert "noncontiguous_myocardium" in slice_qc(broken, (0.9, 0.9))["flags"], f.name
+
+
+@needs_preprocess
+def test_demo_segments_with_an_installed_pool(tmp_path, capsys):
+    """`perfusion demo` takes the DAUGS pool it finds in the models folder (issue 7 point 5), runs the whole analysis
+    with it and says so; with random tiny members the contours are poor, but every slice is reported."""
+    from PerfusionDAUGSLib.pool import save_pool
+    from PerfusionSegLib.networks import build_network
+    torch.manual_seed(1)
+    members = [{"name": f"m{i}", "network": build_network("unet2d", config="tiny", features=(4, 8)),
+                "val_dice": 0.9 + 0.01 * i,
+                "card": {"input": {"n_frames": 30, "size": 128, "scale": 2.0, "temporal": "pchip"}}} for i in range(2)]
+    save_pool(members, tmp_path / "models" / "daugs_pool")
+    rc = main(["demo", "--out", str(tmp_path / "demo"), "--models-dir", str(tmp_path / "models"), "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "segmentation: DAUGS pool in" in out
+    summary = json.loads((tmp_path / "demo" / "demo_summary.json").read_text())
+    assert summary["segmentation"] == "daugs"
+    assert sorted(r["slice"].split("_")[0] for r in summary["slices"]) == ["rest"] * 3 + ["stress"] * 3
+    assert all(0.0 <= r["dice_myocardium"] <= 1.0 for r in summary["slices"])
