@@ -51,13 +51,10 @@ def main(argv=None) -> int:
     unknown = sorted(set(presets) - set(PRESET_NAMES))
     if unknown:
         ap.error(f"unknown preset(s) {unknown}; known: {', '.join(PRESET_NAMES)}")
-    pool = model = None
-    if args.pool:
-        from PerfusionDAUGSLib.pool import load_pool
-        pool = load_pool(args.pool, device="cpu")
-    if args.model:
-        from PerfusionSegLib.networks.registry import load_model
-        model = load_model(args.model, device="cpu")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from evaluate_on_real_data import load_models
+
+    pool, model = load_models(args.pool, args.model)
     if pool is None and model is None:
         ap.error("give --pool and/or --model")
 

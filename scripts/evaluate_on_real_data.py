@@ -39,6 +39,18 @@ def _cases(ml_limit):
     return out
 
 
+def load_models(pool_path=None, card_path=None):
+    """(DAUGS pool or None, ResUNet LoadedModel or None), on the CPU, sha256 checked."""
+    pool = model = None
+    if pool_path:
+        from PerfusionDAUGSLib.pool import load_pool
+        pool = load_pool(pool_path, device="cpu")
+    if card_path:
+        from PerfusionSegLib.networks.registry import load_model
+        model = load_model(card_path, device="cpu")
+    return pool, model
+
+
 def _dice(pred, ref, code):
     p, r = pred == code, ref == code
     d = p.sum() + r.sum()
@@ -62,13 +74,7 @@ def main(argv=None) -> int:
         return 2
     from PerfusionSegLib.readers import load_labels, load_series
 
-    pool = model = None
-    if args.pool:
-        from PerfusionDAUGSLib.pool import load_pool
-        pool = load_pool(args.pool, device="cpu")
-    if args.model:
-        from PerfusionSegLib.networks.registry import load_model
-        model = load_model(args.model, device="cpu")
+    pool, model = load_models(args.pool, args.model)
     if pool is None and model is None:
         ap.error("give --pool and/or --model")
 
