@@ -62,10 +62,9 @@ class PerfusionDAUGSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._task = None
+        self._tasks = None   # PanelTask, made in setup()
         self._input = None
         self._run = None
-        self._pollTimer = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -75,9 +74,8 @@ class PerfusionDAUGSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = PerfusionDAUGSLogic()
 
-        self._pollTimer = qt.QTimer()
-        self._pollTimer.setInterval(100)
-        self._pollTimer.timeout.connect(self.onPollTask)
+        from PerfusionSegUtils.task_panel import PanelTask
+        self._tasks = PanelTask(self.ui, self._onTaskFinished, self._updateButtons)
 
         self.ui.poolPathLineEdit.currentPath = slicer.util.settingsValue(POOL_SETTINGS_KEY, "") or ""
         self.ui.poolPathLineEdit.currentPathChanged.connect(lambda path: qt.QSettings().setValue(POOL_SETTINGS_KEY, path))
@@ -85,16 +83,14 @@ class PerfusionDAUGSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.cancelButton.connect("clicked(bool)", lambda checked: self._tasks.cancel())
         self.ui.showMemberButton.connect("clicked(bool)", self.onShowMemberButton)
         self.ui.memberComboBox.currentIndexChanged.connect(lambda index: self._updateButtons())
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        if self._task is not None and self._task.running:
-            self._task.cancel()
-        if self._pollTimer is not None:
-            self._pollTimer.stop()
+        if self._tasks is not None:
+            self._tasks.stop()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -107,8 +103,7 @@ class PerfusionDAUGSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
 
     def onSceneStartClose(self, caller, event) -> None:
-        if self._task is not None and self._task.running:
-            self._task.cancel()
+        self._tasks.cancel(announce=False)
         self._run = None
         self.ui.memberComboBox.clear()
         self.setParameterNode(None)
@@ -131,56 +126,24 @@ class PerfusionDAUGSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updateButtons()
 
     def _updateButtons(self, caller=None, event=None) -> None:
-        running = self._task is not None and self._task.running
+        running = self._tasks is not None and self._tasks.running
         hasInput = bool(self._parameterNode) and self._parameterNode.inputSeries is not None
         self.ui.applyButton.enabled = hasInput and not running
         self.ui.cancelButton.enabled = running
         self.ui.showMemberButton.enabled = self._run is not None and self.ui.memberComboBox.currentIndex >= 0
 
     def onApplyButton(self) -> None:
-        from PerfusionSegLib.background import BackgroundTask
-
         with slicer.util.tryWithErrorDisplay("Could not start DAUGS.", waitCursor=True):
             p = self._parameterNode
             self.logic.ensureDependencies()
             self._input = self.logic.collectInput(p.inputSeries, level=p.level, frameInterval=p.frameInterval)
             options = self.logic.options(pool=self.ui.poolPathLineEdit.currentPath or None, umapStride=p.umapStride,
                                          segStride=p.segStride, device=DEVICES[p.device])
-            self._task = BackgroundTask(self.logic.analyse, self._input["series"], options).start()
-            self.ui.progressBar.value = 0
-            self.ui.progressBar.visible = True
-            self.ui.statusLabel.text = "Running the pool..."
-            self._pollTimer.start()
-        self._updateButtons()
-
-    def onCancelButton(self) -> None:
-        if self._task is not None and self._task.running:
-            self._task.cancel()
-            self.ui.statusLabel.text = "Cancelling..."
-            self.ui.cancelButton.enabled = False
-
-    def onPollTask(self) -> None:
-        if self._task is None:
-            self._pollTimer.stop()
-            return
-        for event in self._task.poll():
-            if event[0] == "progress":
-                self.ui.progressBar.value = int(round(100 * event[1]))
-                self.ui.statusLabel.text = event[2]
-            elif event[0] == "finished":
-                self._pollTimer.stop()
-                self._onTaskFinished(event[1])
+            self._tasks.start(self.logic.analyse, self._input["series"], options, status="Running the pool...")
         self._updateButtons()
 
     def _onTaskFinished(self, outcome) -> None:
-        self.ui.progressBar.visible = False
-        self._task = None
-        if outcome.state == "cancelled":
-            self.ui.statusLabel.text = "Cancelled: no nodes were created."
-            return
-        if outcome.state == "failed":
-            self.ui.statusLabel.text = f"Failed: {outcome.error}"
-            slicer.util.errorDisplay(f"DAUGS failed: {outcome.error}", detailedText=outcome.traceback)
+        if not self._tasks.succeeded(outcome, "DAUGS"):
             return
         with slicer.util.tryWithErrorDisplay("Could not create the result nodes.", waitCursor=True):
             self._run = {"result": outcome.result, "input": self._input,

@@ -113,9 +113,8 @@ class PerfusionSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._task = None
+        self._tasks = None   # PanelTask, made in setup()
         self._prepared = None
-        self._pollTimer = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -125,10 +124,9 @@ class PerfusionSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = PerfusionSegLogic()
 
-        # the worker thread reports through a queue; the GUI thread polls it (MRML is touched only here)
-        self._pollTimer = qt.QTimer()
-        self._pollTimer.setInterval(100)
-        self._pollTimer.timeout.connect(self.onPollTask)
+        from PerfusionSegUtils.task_panel import PanelTask
+        self._tasks = PanelTask(self.ui, self._onTaskFinished, self._updateButtons,
+                                cancellingText="Cancelling after the current step...")
 
         from PerfusionSegUtils import dependencies
         self.ui.modelsDirectoryPathLineEdit.currentPath = dependencies.userModelsDirectory()
@@ -142,7 +140,7 @@ class PerfusionSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.cancelButton.connect("clicked(bool)", lambda checked: self._tasks.cancel())
         self.ui.loadPhantomButton.connect("clicked(bool)", self.onLoadPhantomButton)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependenciesButton)
         self.ui.prepareLabellingButton.connect("clicked(bool)", self.onPrepareLabellingButton)
@@ -153,10 +151,8 @@ class PerfusionSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        if self._task is not None and self._task.running:
-            self._task.cancel()
-        if self._pollTimer is not None:
-            self._pollTimer.stop()
+        if self._tasks is not None:
+            self._tasks.stop()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -169,8 +165,7 @@ class PerfusionSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
 
     def onSceneStartClose(self, caller, event) -> None:
-        if self._task is not None and self._task.running:
-            self._task.cancel()  # its result would refer to nodes that are about to disappear
+        self._tasks.cancel(announce=False)  # its result would refer to nodes that are about to disappear
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -192,7 +187,7 @@ class PerfusionSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _updateButtons(self, caller=None, event=None) -> None:
         p = self._parameterNode
-        running = self._task is not None and self._task.running
+        running = self._tasks is not None and self._tasks.running
         hasInput = bool(p) and any(getattr(p, f"{c}{lv.capitalize()}") for c in CONDITIONS for lv in LEVELS)
         self.ui.applyButton.enabled = hasInput and not running
         self.ui.applyButton.toolTip = "Run the analysis" if hasInput else "Select at least one input series"
@@ -208,8 +203,6 @@ class PerfusionSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return {lv: getattr(p, f"{condition}{lv.capitalize()}") for lv in LEVELS}
 
     def onApplyButton(self) -> None:
-        from PerfusionSegLib.background import BackgroundTask
-
         with slicer.util.tryWithErrorDisplay("Could not start the analysis.", waitCursor=True):
             p = self._parameterNode
             method = METHODS[p.method]
@@ -218,47 +211,18 @@ class PerfusionSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 stress=self._inputs("stress"), rest=self._inputs("rest"), stressAif=p.stressAif,
                 restAif=p.restAif, frameInterval=p.frameInterval)
             options = self.logic.analysisOptions(method=method, device=DEVICES[p.device], computeMbf=p.computeMbf)
-            self._task = BackgroundTask(self.logic.analyse, self._prepared["studies"], options).start()
-            self.ui.progressBar.value = 0
-            self.ui.progressBar.visible = True
-            self.ui.statusLabel.text = "Running..."
-            self._pollTimer.start()
-        self._updateButtons()
-
-    def onCancelButton(self) -> None:
-        if self._task is not None and self._task.running:
-            self._task.cancel()
-            self.ui.statusLabel.text = "Cancelling after the current step..."
-            self.ui.cancelButton.enabled = False
-
-    def onPollTask(self) -> None:
-        if self._task is None:
-            self._pollTimer.stop()
-            return
-        for event in self._task.poll():
-            if event[0] == "progress":
-                self.ui.progressBar.value = int(round(100 * event[1]))
-                self.ui.statusLabel.text = event[2]
-            elif event[0] == "finished":
-                self._pollTimer.stop()
-                self._onTaskFinished(event[1])
+            self._tasks.start(self.logic.analyse, self._prepared["studies"], options, status="Running...")
         self._updateButtons()
 
     def _onTaskFinished(self, outcome) -> None:
-        self.ui.progressBar.visible = False
-        if outcome.state == "cancelled":
-            self.ui.statusLabel.text = "Cancelled: no nodes were created."
-        elif outcome.state == "failed":
-            self.ui.statusLabel.text = f"Failed: {outcome.error}"
-            slicer.util.errorDisplay(f"Analysis failed: {outcome.error}", detailedText=outcome.traceback)
-        else:
-            with slicer.util.tryWithErrorDisplay("Could not create the result nodes.", waitCursor=True):
-                nodes = self.logic.createNodes(outcome.result, self._prepared)
-                lines = [f"Done: {len(nodes['segmentations'])} segmentation(s)"
-                         + (", MBF maps and AHA table." if nodes.get("table") else ".")]
-                lines += outcome.result.messages
-                self.ui.statusLabel.text = "\n".join(lines)
-        self._task = None
+        if not self._tasks.succeeded(outcome, "Analysis"):
+            return
+        with slicer.util.tryWithErrorDisplay("Could not create the result nodes.", waitCursor=True):
+            nodes = self.logic.createNodes(outcome.result, self._prepared)
+            lines = [f"Done: {len(nodes['segmentations'])} segmentation(s)"
+                     + (", MBF maps and AHA table." if nodes.get("table") else ".")]
+            lines += outcome.result.messages
+            self.ui.statusLabel.text = "\n".join(lines)
 
     def onLoadPhantomButton(self) -> None:
         with slicer.util.tryWithErrorDisplay("Could not generate the phantom study.", waitCursor=True):

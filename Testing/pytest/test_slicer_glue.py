@@ -100,14 +100,18 @@ def _ui_widgets(ui_path: Path) -> dict:
 
 
 def _ui_uses(source: str) -> set:
-    """Names used as ``ui.<name>`` or ``self.ui.<name>``."""
+    """Names used as ``ui.<name>``, ``self.ui.<name>`` or ``self._ui.<name>`` (a helper holding the panel's ui)."""
     used = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Attribute):
             base = node.value
-            if (isinstance(base, ast.Attribute) and base.attr == "ui") or (isinstance(base, ast.Name) and base.id == "ui"):
+            if (isinstance(base, ast.Attribute) and base.attr in ("ui", "_ui")) or \
+                    (isinstance(base, ast.Name) and base.id == "ui"):
                 used.add(node.attr)
     return used
+
+
+TASK_PANEL = REPO / "PerfusionSeg/PerfusionSegUtils/task_panel.py"
 
 
 def _parameter_fields(source: str, class_name: str) -> set:
@@ -123,6 +127,8 @@ def test_ui_and_code_agree(module):
     source = spec["file"].read_text()
     widgets = _ui_widgets(spec["ui"])
     used = _ui_uses(source)
+    if "PanelTask(self.ui" in source:       # the shared task helper works the panel's progress, status and cancel
+        used |= _ui_uses(TASK_PANEL.read_text())
     fields = _parameter_fields(source, spec["parameterNode"])
     assert used, "the widget uses no ui.<name> at all?"
     missing = sorted(used - set(widgets))

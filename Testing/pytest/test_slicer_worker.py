@@ -78,3 +78,96 @@ def test_sync_context_has_the_same_interface():
     ctx.cancel()
     with pytest.raises(Cancelled):
         ctx.check()
+
+
+def test_panel_task_drives_the_panel_widgets(monkeypatch):
+    """PerfusionSegUtils.task_panel.PanelTask (both panels' task plumbing) against stand-ins of qt and slicer: progress
+    reaches the bar, the outcome reaches the panel once with the bar hidden, a user cancel says so, failures are
+    shown, and a quiet cancel (scene close) does not touch the status."""
+    import importlib
+    import types
+
+    timers, errors = [], []
+
+    class Timer:
+        def __init__(self):
+            self.active = False
+            self.timeout = types.SimpleNamespace(connect=lambda slot: setattr(self, "slot", slot))
+            timers.append(self)
+
+        def setInterval(self, ms):
+            self.interval = ms
+
+        def start(self):
+            self.active = True
+
+        def stop(self):
+            self.active = False
+
+    qt = types.ModuleType("qt")
+    qt.QTimer = Timer
+    slicer = types.ModuleType("slicer")
+    slicer.util = types.SimpleNamespace(errorDisplay=lambda text, detailedText=None: errors.append(text))
+    monkeypatch.setitem(sys.modules, "qt", qt)
+    monkeypatch.setitem(sys.modules, "slicer", slicer)
+    monkeypatch.delitem(sys.modules, "PerfusionSegUtils.task_panel", raising=False)
+    task_panel = importlib.import_module("PerfusionSegUtils.task_panel")
+
+    ui = types.SimpleNamespace(progressBar=types.SimpleNamespace(value=-1, visible=False),
+                               statusLabel=types.SimpleNamespace(text=""), cancelButton=types.SimpleNamespace(enabled=True))
+    finished, changes = [], []
+    panel = task_panel.PanelTask(ui, finished.append, lambda: changes.append(1), cancellingText="stopping")
+    timer = timers[-1]
+    assert timer.slot == panel.poll and timer.interval == 100
+
+    def run_until_finished(limit_s=10.0):
+        deadline = time.monotonic() + limit_s
+        while not finished and time.monotonic() < deadline:
+            timer.slot()
+            time.sleep(0.01)
+
+    def job(ctx, n):
+        for i in range(n):
+            ctx.progress((i + 1) / n, f"step {i + 1}")
+        return n
+
+    panel.start(job, 4, status="Running...")
+    assert ui.progressBar.visible and ui.statusLabel.text in ("Running...", "") and timer.active
+    run_until_finished()
+    assert [o.state for o in finished] == ["done"] and finished[0].result == 4 and panel.succeeded(finished[0], "X")
+    assert not ui.progressBar.visible and ui.progressBar.value == 100 and not timer.active and not panel.running
+    assert changes  # the buttons were updated after polling
+
+    started = threading.Event()
+
+    def slow(ctx):
+        started.set()
+        for _ in range(2000):
+            ctx.check()
+            time.sleep(0.005)
+
+    finished.clear()
+    panel.start(slow, status="Running...")
+    started.wait(5)
+    panel.cancel()
+    assert ui.statusLabel.text == "stopping" and ui.cancelButton.enabled is False
+    run_until_finished()
+    assert finished[0].state == "cancelled" and not panel.succeeded(finished[0], "X")
+    assert ui.statusLabel.text == "Cancelled: no nodes were created."
+
+    def broken(ctx):
+        raise ValueError("bad slice")
+
+    finished.clear()
+    panel.start(broken, status="Running...")
+    run_until_finished()
+    assert not panel.succeeded(finished[0], "DAUGS")
+    assert errors == ["DAUGS failed: bad slice"] and ui.statusLabel.text == "Failed: bad slice"
+
+    finished.clear()
+    started.clear()
+    ui.statusLabel.text = "as it was"
+    panel.start(slow, status="as it was")
+    started.wait(5)
+    panel.stop()                                   # module cleanup: quiet, and no more polling
+    assert ui.statusLabel.text == "as it was" and not timer.active
