@@ -19,7 +19,7 @@ from slicer.util import VTKObservationMixin
 
 LEVELS = ("basal", "mid", "apical")
 CONDITIONS = ("stress", "rest")
-METHODS = {"ResUNet": "resunet", "DAUGS": "daugs"}
+METHODS = {"Automatic": "auto", "ResUNet": "resunet", "DAUGS": "daugs"}  # automatic: the DAUGS pool when installed
 DEVICES = {"auto": "auto", "CPU": "cpu", "GPU": "cuda"}
 DATASET_DIR_SETTINGS_KEY = "CardiacPerfusion/DatasetDirectory"
 PHANTOM_SAMPLE_NAME = "Perfusion phantom study"
@@ -92,7 +92,7 @@ class PerfusionSegParameterNode:
     stressAif: AifNode
     restAif: AifNode
     frameInterval: Annotated[float, WithinRange(0.05, 10.0)] = 1.0
-    method: Annotated[str, Choice(list(METHODS))] = "ResUNet"
+    method: Annotated[str, Choice(list(METHODS))] = "Automatic"
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
     computeMbf: bool = True
     labelSeries: SeriesNode
@@ -281,7 +281,7 @@ class PerfusionSegLogic(ScriptedLoadableModuleLogic):
     """Console use (no widget needed)::
 
         logic = slicer.util.getModuleLogic("PerfusionSeg")
-        result = logic.process(stress={"mid": getNode("stress_mid")}, method="resunet", create_nodes=True)
+        result = logic.process(stress={"mid": getNode("stress_mid")}, method="auto", create_nodes=True)
         result["analysis"].table["Stress MBF"]         # 16 segments + global, plain floats
     """
 
@@ -304,7 +304,7 @@ class PerfusionSegLogic(ScriptedLoadableModuleLogic):
         from PerfusionSegUtils import dependencies
         return dependencies.modelsDirectories(__file__)
 
-    def analysisOptions(self, method="resunet", device="auto", computeMbf=True, model=None, pool=None,
+    def analysisOptions(self, method="auto", device="auto", computeMbf=True, model=None, pool=None,
                         umapStride=2, segStride=16, outputDirectory=None):
         from PerfusionSegLib.analysis import AnalysisOptions
         return AnalysisOptions(method=method, device=device, model=model, pool=pool,
@@ -409,7 +409,7 @@ class PerfusionSegLogic(ScriptedLoadableModuleLogic):
         prepared["references"][key] = volume
         return volume
 
-    def process(self, stress=None, rest=None, stressAif=None, restAif=None, method="resunet", device="auto",
+    def process(self, stress=None, rest=None, stressAif=None, restAif=None, method="auto", device="auto",
                 frameInterval=None, computeMbf=True, model=None, pool=None, labelsOverride=None, create_nodes=True,
                 progress=None) -> dict:
         """Run everything synchronously (console scripting, tests). stress/rest: {level: node or SliceSeries}, a list
@@ -559,12 +559,14 @@ class PerfusionSegTest(ScriptedLoadableModuleTest):
 
     def test_networkIfModelAvailable(self):
         logic = PerfusionSegLogic()
-        from PerfusionSegLib.networks.registry import list_models
-        cards = [c for d in logic.modelsDirectories() for c in list_models(d)
-                 if c["architecture"] == "resunet" and c["weights_present"]]
-        if not cards:
-            self.delayDisplay("No trained ResUNet in the models folders: network run not tested")
+        from PerfusionSegLib.analysis import resolve_method
+        from PerfusionSegLib.errors import UnreadableFileError
+        try:
+            method = resolve_method(logic.analysisOptions())      # the installed DAUGS pool, else a ResUNet
+        except UnreadableFileError:
+            self.delayDisplay("No trained model in the models folders: network run not tested")
             return
+        self.delayDisplay(f"Segmenting a phantom slice with {method}")
         loaded = logic.loadPhantomStudy(seed=3, conditions=("stress",))
         result = logic.process(stress={"mid": loaded["series"][("stress", "mid")]}, computeMbf=False)
         self.assertEqual(len(result["nodes"]["segmentations"]), 1)

@@ -19,12 +19,13 @@ from .aha import TERRITORY_OF_SEGMENT as TERRITORY
 from .background import SyncContext
 
 AHA_SEGMENTS = tuple(range(1, 17))
+METHODS = ("auto", "resunet", "daugs")
 LV_BLOOD, LV_MYO = 1, 2
 
 
 @dataclass
 class AnalysisOptions:
-    method: str = "resunet"              # "resunet" | "daugs"
+    method: str = "auto"                 # "auto" (what is installed: the DAUGS pool first) | "resunet" | "daugs"
     device: str = "auto"                 # "auto" | "cpu" | "cuda"
     model: Optional[str] = None          # model card path or name; None: the first full-image model found
     pool: Optional[str] = None           # DAUGS pool (folder or card); None: the default pool
@@ -36,9 +37,9 @@ class AnalysisOptions:
 
     def __post_init__(self):
         self.method = str(self.method).lower()
-        if self.method not in ("resunet", "daugs"):
+        if self.method not in METHODS:
             from PerfusionSegLib.errors import InvalidParameterError
-            raise InvalidParameterError(f"method must be 'resunet' or 'daugs', got {self.method!r}")
+            raise InvalidParameterError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         device = str(self.device).lower()
         self.device = {"gpu": "cuda"}.get(device, device)
 
@@ -79,9 +80,11 @@ def _find_card(options: AnalysisOptions, architectures=("resunet", "unet2d")):
     from PerfusionSegLib.errors import UnreadableFileError
     from PerfusionSegLib.networks.registry import list_models
 
+    from PerfusionSegLib.networks.registry import default_models_dir
+
     if options.model and os.path.isfile(str(options.model)):
         return str(options.model), None
-    for folder in options.models_dirs:
+    for folder in options.models_dirs or (default_models_dir(),):
         for entry in list_models(folder):
             if options.model and entry["name"] != options.model:
                 continue
@@ -93,9 +96,28 @@ def _find_card(options: AnalysisOptions, architectures=("resunet", "unet2d")):
                               or "the models folder") + ": set the models folder or train one (perfusion train)")
 
 
+def resolve_method(options: AnalysisOptions) -> str:
+    """The segmentation method to run. "auto": the DAUGS pool when one is installed or named (the robust choice
+    across scanners), else a full-image model (ResUNet); neither installed is an error that says where it looked."""
+    from PerfusionSegLib.errors import UnreadableFileError
+
+    if options.method != "auto":
+        return options.method
+    if options.pool or default_pool_available(options):
+        return "daugs"
+    try:
+        _find_card(options)
+        return "resunet"
+    except UnreadableFileError:
+        from PerfusionSegLib.networks.registry import default_models_dir
+        where = ", ".join(map(str, options.models_dirs or (default_models_dir(),)))
+        raise UnreadableFileError(f"no trained segmentation model (DAUGS pool or ResUNet) in {where}: set the models "
+                                  f"folder (PERFUSION_MODELS_DIR) or train one with `perfusion train`") from None
+
+
 def make_segmenter(options: AnalysisOptions):
     """A function series -> (labels, extras dict); the model or pool is loaded once here."""
-    if options.method == "resunet":
+    if resolve_method(options) == "resunet":
         from PerfusionSegLib.inference import segment_series
         from PerfusionSegLib.networks.registry import load_model
 

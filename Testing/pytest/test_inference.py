@@ -206,6 +206,9 @@ def test_segment_cli_without_a_model_exits_2_naming_the_file(tmp_path, capsys, m
     series, _, _ = synthetic_series(np.random.default_rng(1), shape=(32, 32), n_frames=N_FRAMES)
     write_series(series, tmp_path / "s.nii.gz")
     rc = main(["segment", str(tmp_path / "s.nii.gz"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err                     # auto: neither a pool nor a ResUNet is installed
+    assert rc == 2 and "no trained segmentation model" in err and str(tmp_path / "models") in err
+    rc = main(["segment", str(tmp_path / "s.nii.gz"), "--out", str(tmp_path / "out"), "--method", "resunet"])
     err = capsys.readouterr().err
     assert rc == 2 and "resunet.json" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
@@ -316,3 +319,22 @@ def test_demo_segments_with_an_installed_pool(tmp_path, capsys):
     assert summary["segmentation"] == "daugs"
     assert sorted(r["slice"].split("_")[0] for r in summary["slices"]) == ["rest"] * 3 + ["stress"] * 3
     assert all(0.0 <= r["dice_myocardium"] <= 1.0 for r in summary["slices"])
+
+
+def test_automatic_method_takes_the_pool_first_then_the_resunet(tiny_model, tmp_path, monkeypatch):
+    from PerfusionDAUGSLib.pool import save_pool
+    from PerfusionSegLib.analysis import AnalysisOptions, resolve_method
+    from PerfusionSegLib.errors import UnreadableFileError
+    from PerfusionSegLib.networks import build_network
+
+    monkeypatch.setenv("PERFUSION_MODELS_DIR", str(tmp_path / "empty"))      # the default folder holds nothing
+    monkeypatch.delenv("PERFUSION_POOLS_DIR", raising=False)
+    resunet_dir = tiny_model[1].parent                                       # a ResUNet card, no pool
+    both = tmp_path / "both"
+    save_pool([{"name": "m0", "network": build_network("unet2d", config="tiny", features=(4, 8)), "val_dice": 0.9}],
+              both / "daugs_pool")
+    with pytest.raises(UnreadableFileError, match="no trained segmentation model"):
+        resolve_method(AnalysisOptions(models_dirs=(str(tmp_path / "empty"),)))
+    assert resolve_method(AnalysisOptions(models_dirs=(str(resunet_dir),))) == "resunet"
+    assert resolve_method(AnalysisOptions(models_dirs=(str(both), str(resunet_dir)))) == "daugs"
+    assert resolve_method(AnalysisOptions(method="resunet", models_dirs=(str(both),))) == "resunet"   # as asked

@@ -76,7 +76,8 @@ def test_modules_define_what_slicer_needs(modules):
             assert hasattr(module, name + suffix), name + suffix
     fields = seg.PerfusionSegParameterNode.__annotations__
     assert {f"{c}{lv}" for c in ("stress", "rest") for lv in ("Basal", "Mid", "Apical")} <= set(fields)
-    assert fields["method"].__metadata__[0] == ("Choice", ("ResUNet", "DAUGS"))
+    assert fields["method"].__metadata__[0] == ("Choice", ("Automatic", "ResUNet", "DAUGS"))
+    assert seg.PerfusionSegParameterNode.method == "Automatic"
     assert daugs.PerfusionDAUGSParameterNode.umapStride == 2 and daugs.PerfusionDAUGSParameterNode.segStride == 16
     seg.PerfusionSeg(types.SimpleNamespace())  # registers the sample data at startup
     assert modules["connected"][-1][0] == "startupCompleted()"

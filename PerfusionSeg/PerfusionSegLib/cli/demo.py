@@ -29,19 +29,21 @@ def register(subparsers) -> None:
 
 
 def _choose_method(method: str, models_dir) -> tuple:
-    """(method, note): 'auto' takes what is installed, and says so when nothing is."""
-    from ..networks.registry import default_models_dir, list_models
+    """(method, note): 'auto' takes what is installed (the DAUGS pool first), and says so when nothing is."""
+    from ..analysis import AnalysisOptions, resolve_daugs_pool, resolve_method
+    from ..errors import UnreadableFileError
+    from ..networks.registry import default_models_dir
 
     folder = Path(models_dir) if models_dir else default_models_dir()
-    has_pool = (folder / "daugs_pool" / "pool.json").is_file()
-    has_resunet = any(m["architecture"] == "resunet" and m["weights_present"] for m in list_models(folder))
     if method == "auto":
-        if has_pool:
-            return "daugs", f"segmentation: DAUGS pool in {folder / 'daugs_pool'}"
-        if has_resunet:
-            return "resunet", f"segmentation: ResUNet from {folder}"
-        return "truth", (f"segmentation: no trained model is installed in {folder}; the demo uses the phantom's true "
-                         f"contours (train one with `perfusion train`)")
+        options = AnalysisOptions(method="auto", models_dirs=(str(folder),))
+        try:
+            method = resolve_method(options)
+        except UnreadableFileError:
+            return "truth", (f"segmentation: no trained model is installed in {folder}; the demo uses the phantom's "
+                             f"true contours (train one with `perfusion train`)")
+        where = resolve_daugs_pool(options) if method == "daugs" else folder
+        return method, f"segmentation: {'DAUGS pool' if method == 'daugs' else 'ResUNet'} in {where}"
     return method, f"segmentation: {method}" + ("" if method == "truth" else f" from {folder}")
 
 

@@ -1,7 +1,8 @@
-"""`perfusion segment INPUT... --out DIR [--method resunet|daugs]`: label maps on the input grid.
+"""`perfusion segment INPUT... --out DIR [--method auto|resunet|daugs]`: label maps on the input grid.
 
-Writes ``DIR/S_labels.nii.gz`` per input (stem S); with ``--method daugs`` also ``DIR/S_umap.nii.gz`` and
-``DIR/S_daugs.json`` (U_pp of every pool member and the one chosen). Per-slice QC flags are printed.
+Writes ``DIR/S_labels.nii.gz`` per input (stem S); with DAUGS also ``DIR/S_umap.nii.gz`` and ``DIR/S_daugs.json``
+(U_pp of every pool member and the one chosen). Per-slice QC flags are printed. ``--method auto`` (the default)
+takes the DAUGS pool when one is installed (or given with --pool), else the ResUNet.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ def register(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="series files or DICOM folders")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--method", choices=("resunet", "daugs"), default="resunet")
+    p.add_argument("--method", choices=("auto", "resunet", "daugs"), default="auto",
+                   help="auto (default): the installed DAUGS pool, else the ResUNet")
     p.add_argument("--model", metavar="NAME|CARD", default=None,
                    help=f"ResUNet model name in the models folder or a model card path (default {DEFAULT_RESUNET_MODEL})")
     p.add_argument("--pool", metavar="P", default=None, help="DAUGS pool name or folder (default: the shipped pool)")
@@ -52,6 +54,11 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise InvalidParameterError(f"--out {out} exists and is not a folder")
 
+    if args.method == "auto":
+        from ..analysis import AnalysisOptions, resolve_method
+        # a named ResUNet (--model) means the ResUNet; otherwise what is installed, the pool first
+        args.method = "resunet" if args.model is not None and args.pool is None else \
+            resolve_method(AnalysisOptions(method="auto", pool=args.pool, model=args.model))
     model = None
     if args.method == "resunet":
         from ..errors import UnreadableFileError
