@@ -51,6 +51,41 @@ def load_models(pool_path=None, card_path=None):
     return pool, model
 
 
+def picture(shown, path: Path, what: str) -> None:
+    """Each case at the frame 4 after its LV peak, cropped on the labelled heart: reference myocardium cyan, predicted
+    myocardium magenta, predicted blood pool red, predicted RV yellow."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(shown)
+    cols = min(n, 4)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.8 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (dataset, name, data, ref, labels, score) in zip(axes.ravel(), shown):
+        heart = np.argwhere(ref > 0)
+        (y0, x0), (y1, x1) = heart.min(0), heart.max(0)
+        pad = max(8, (y1 - y0) // 2)
+        ys = slice(max(0, y0 - pad), y1 + pad + 1)
+        xs = slice(max(0, x0 - pad), x1 + pad + 1)
+        bp = ref == 1
+        t = int(np.argmax(data[:, bp].mean(1))) if bp.any() else data.shape[0] // 2
+        frame = data[min(t + 4, data.shape[0] - 1)][ys, xs]
+        ax.imshow(frame, cmap="gray", vmin=0, vmax=np.percentile(frame, 99.5))
+        for mask, colour, width in ((ref == 2, "c", 0.9), (labels == 2, "m", 0.9), (labels == 1, "r", 0.5),
+                                    (labels == 3, "y", 0.5)):
+            if mask[ys, xs].any():
+                ax.contour(mask[ys, xs].astype(float), [0.5], colors=[colour], linewidths=width)
+        ax.set_title(f"{dataset} {name[:22]}\nmyocardium Dice {score:.2f}", fontsize=7)
+    fig.suptitle(f"{what}: reference myocardium cyan; predicted myocardium magenta, blood pool red, RV yellow",
+                 fontsize=8)
+    fig.tight_layout(pad=0.4, rect=(0, 0, 1, 0.94))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def _dice(pred, ref, code):
     p, r = pred == code, ref == code
     d = p.sum() + r.sum()
@@ -66,6 +101,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ml-limit", type=int, help="evaluate only the first N ml_perfusion series")
     ap.add_argument("--fast", action="store_true", help="DAUGS staged search instead of exhaustive")
     ap.add_argument("--out", type=Path, help="write the per-case results as JSON")
+    ap.add_argument("--picture", type=Path, help="PNG of the DAUGS (else ResUNet) contours on the daugs_dev slices and "
+                                                 "the first ml_perfusion series")
+    ap.add_argument("--picture-ml", type=int, default=5, help="ml_perfusion series in the picture (default 5)")
     ap.add_argument("--record", action="store_true",
                     help="store the summary in the pool's model card (pool.json evaluation.real_data)")
     args = ap.parse_args(argv)
@@ -78,7 +116,7 @@ def main(argv=None) -> int:
     if pool is None and model is None:
         ap.error("give --pool and/or --model")
 
-    rows = []
+    rows, shown = [], []
     for dataset, name, img_path, lab_path, kw in _cases(args.ml_limit):
         if dataset == "daugs_dev":
             kw = dict(kw, spacing=args.daugs_spacing)
@@ -106,6 +144,9 @@ def main(argv=None) -> int:
                     row.update(established_myo=_dice(res.established_labels, ref, 2),
                                established_bp=_dice(res.established_labels, ref, 1), established=res.established)
             row["seconds"] = round(time.time() - t0, 2)
+            if args.picture and (dataset == "daugs_dev" or sum(d == dataset for d, *_ in shown) < args.picture_ml):
+                key = "daugs_myo" if pool is not None else "resunet_myo"
+                shown.append((dataset, name, series.data, ref, res.labels, row[key]))
         except Exception as exc:  # noqa: BLE001 - a crash is a measured failure here
             row["error"] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc(limit=2)
@@ -132,6 +173,9 @@ def main(argv=None) -> int:
         print(f"{dataset}: n={len(sel)} mean Dice {summary}; crashes {errors}, empty myocardium {empty}, "
               f"QC-flagged {flagged}")
         summaries[dataset] = dict(summary, n=len(sel), crashes=errors, empty_myocardium=empty, qc_flagged=flagged)
+    if args.picture and shown:
+        picture(shown, args.picture, "DAUGS-selected member" if pool is not None else "ResUNet")
+        print(f"picture: {args.picture}")
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
     if args.record and args.pool:
