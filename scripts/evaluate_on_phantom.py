@@ -8,7 +8,8 @@ localisation, preparation, DAUGS member selection (fast search unless --exhausti
 series grid. Reports, per preset, the mean Dice of blood pool, myocardium and RV for the DAUGS-selected member, the
 established member (best validation Dice) and the ResUNet, and how many slices lost the heart (myocardium Dice < 0.3).
 
-Usage: python scripts/evaluate_on_phantom.py --pool DIR [--model CARD] [--studies 4] [--out results.json]
+Usage: python scripts/evaluate_on_phantom.py --pool DIR [--model CARD] [--studies 4] [--out results.json] [--record]
+       python scripts/evaluate_on_phantom.py --pool DIR --seed-base 4000000 --calibrate   (the U_pp threshold)
 """
 from __future__ import annotations
 
@@ -40,6 +41,10 @@ def main(argv=None) -> int:
     ap.add_argument("--exhaustive", action="store_true", help="DAUGS: every member at the U-map stride")
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--out", type=Path, help="per-slice results as JSON")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="these studies are the calibration set of the pool's high_uncertainty threshold: compute it "
+                         "(5 %% of slices with myocardium Dice >= 0.8 flagged) and store it in pool.json; use a seed "
+                         "range kept for this (e.g. --seed-base 4000000)")
     ap.add_argument("--record", action="store_true",
                     help="store the summary in the pool's model card (pool.json evaluation.phantom_test)")
     args = ap.parse_args(argv)
@@ -57,6 +62,8 @@ def main(argv=None) -> int:
     pool, model = load_models(args.pool, args.model)
     if pool is None and model is None:
         ap.error("give --pool and/or --model")
+    if args.calibrate and pool is None:
+        ap.error("--calibrate needs --pool")
 
     rows = []
     for preset in presets:
@@ -74,7 +81,7 @@ def main(argv=None) -> int:
                 row = {"preset": preset, "seed": seed, "condition": condition, "level": s.level or str(i)}
                 if daugs is not None:
                     r = daugs[i]
-                    row.update(daugs=dice_per_class(r.labels, truth.labels), chosen=r.chosen,
+                    row.update(daugs=dice_per_class(r.labels, truth.labels), chosen=r.chosen, upp=r.upp_chosen,
                                established=r.established, flags=list(r.flags or []))
                     if r.established_labels is not None:
                         row["established_dice"] = dice_per_class(r.established_labels, truth.labels)
@@ -109,6 +116,24 @@ def main(argv=None) -> int:
               "fast": not args.exhaustive, "bf16": args.bf16, "resunet": args.model, "lost_below_myo_dice": LOST}
     if args.out:
         args.out.write_text(json.dumps(dict(record, rows=rows), indent=1))
+    if pool is not None:        # how the pool's current threshold (if any) separates good and poor slices here
+        from PerfusionDAUGSLib.uncertainty_threshold import pool_threshold
+        threshold = pool_threshold(pool)
+        if threshold is not None:
+            flagged = [r for r in rows if "high_uncertainty" in r.get("flags", [])]
+            poor = [r for r in rows if r["daugs"]["myo"] < 0.8]
+            record["high_uncertainty"] = {
+                "threshold": threshold, "flagged": len(flagged), "poor_slices": len(poor),
+                "poor_flagged": sum("high_uncertainty" in r.get("flags", []) for r in poor),
+                "good_flagged": sum(r["daugs"]["myo"] >= 0.8 for r in flagged)}
+            print(f"high_uncertainty (U_pp > {threshold:.4g}): {record['high_uncertainty']}")
+    if args.calibrate:
+        from PerfusionDAUGSLib.uncertainty_threshold import calibrate_threshold, store_threshold
+        cal = calibrate_threshold([r["upp"] for r in rows], [r["daugs"]["myo"] for r in rows])
+        cal.update(calibration_set=f"phantom generate_study seeds {args.seed_base}-{args.seed_base + args.studies - 1}"
+                                   f" x presets {presets}, stress/rest alternating", fast=not args.exhaustive)
+        store_threshold(args.pool, cal)
+        print(f"calibrated high_uncertainty threshold stored in {args.pool}: {json.dumps(cal)}")
     if args.record and args.pool:
         from PerfusionDAUGSLib.pool import record_evaluation
         print(f"recorded in {record_evaluation(args.pool, 'phantom_test', record)}")

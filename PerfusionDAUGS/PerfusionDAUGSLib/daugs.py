@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 import numpy as np
 
@@ -23,8 +23,9 @@ RESULT_FORMAT = "perfusion-daugs-result/1"
 # published DAUGS input: 2x upsampled (~0.9 mm pixels), 128 crop, 30 frames pchip, scaled to [0, 1]
 DAUGS_INPUT = {"spacing_mm": None, "scale": 2.0, "size": 128, "n_frames": 30, "temporal": "pchip",
                "normalise": "robust_max"}
-# U_pp above which a slice is flagged "high_uncertainty" (None: no threshold until calibrated on a trained pool)
-HIGH_UNCERTAINTY_UPP: Optional[float] = None
+# U_pp above which a slice is flagged "high_uncertainty": by default the pool's own calibrated threshold
+# (uncertainty_threshold.py); a pool without one raises no such flag
+POOL_THRESHOLD = "pool"
 
 
 def prepare_daugs_input(series, *, center_yx=None, **overrides):
@@ -137,13 +138,15 @@ def _resolve_pool(pool, device: str):
 def run_daugs(series, pool=None, *, umap_stride: int = UMAP_STRIDE, seg_stride: int = SEG_STRIDE, fast: bool = True,
               device: str = "auto", bf16: bool = False, keep_member_labels: bool = False, center_yx=None,
               schedule=None, batch_size: int = 64, margin=UMAP_MARGIN,
-              uncertainty_threshold: Optional[float] = HIGH_UNCERTAINTY_UPP, input_overrides: Optional[dict] = None):
+              uncertainty_threshold: Union[float, str, None] = POOL_THRESHOLD, input_overrides: Optional[dict] = None):
     """DAUGS segmentation of a SliceSeries (-> DAUGSResult) or of a Study / list of series (-> list, slices batched).
 
     ``pool``: a ModelPool, a pool folder or name (default: the shipped ``daugs_pool``), or a list of (name, model).
     ``fast``: staged search (:mod:`selection`); ``fast=False`` runs every member at ``umap_stride``.
     ``keep_member_labels``: also return every member's labels on the input grid (every member is then segmented
     at ``seg_stride``, not only the candidates of the fast search).
+    ``uncertainty_threshold``: U_pp above which the ``high_uncertainty`` flag is raised; "pool" (default): the pool's
+    calibrated value (none: no flag); None: never.
     ``input_overrides``: preparation keywords over the pool's (e.g. ``{"scale": 1.0}`` for series that are already
     2x interpolated, as the DAUGS authors' own crops are).
     """
@@ -158,6 +161,12 @@ def run_daugs(series, pool=None, *, umap_stride: int = UMAP_STRIDE, seg_stride: 
     if int(umap_stride) < 1 or int(seg_stride) < 1:
         raise InvalidParameterError(f"strides must be >= 1, got U-map {umap_stride}, segmentation {seg_stride}")
     pool_obj = _resolve_pool(pool, device)
+    if isinstance(uncertainty_threshold, str):
+        if uncertainty_threshold != POOL_THRESHOLD:
+            raise InvalidParameterError(f"uncertainty_threshold must be a number, None or 'pool', "
+                                        f"got {uncertainty_threshold!r}")
+        from .uncertainty_threshold import pool_threshold
+        uncertainty_threshold = pool_threshold(pool_obj)
     overrides = _input_overrides(pool_obj)
     unknown = sorted(set(input_overrides or {}) - set(DAUGS_INPUT) - {"dt"})
     if unknown:

@@ -406,3 +406,39 @@ def test_run_daugs_end_to_end_with_a_saved_pool(tmp_path):
     doc = json.loads(res.to_json(), parse_constant=no_constants)
     assert doc["chosen"] == res.chosen and doc["established"] == "m1" and doc["umap_stride"] == 2
     assert set(doc["u_pp_stride"].values()) <= {16, 4, 2}
+
+
+def test_uncertainty_threshold_is_calibrated_per_pool_and_used_by_default(tmp_path):
+    from PerfusionDAUGSLib.daugs import run_daugs
+    from PerfusionDAUGSLib.pool import load_pool, save_pool
+    from PerfusionDAUGSLib.uncertainty_threshold import calibrate_threshold, pool_threshold, store_threshold
+    from PerfusionSegLib.networks import build_network
+    from PerfusionSegLib.series import SliceSeries
+
+    rng = np.random.default_rng(0)
+    good_u, poor_u = rng.uniform(0.01, 0.02, 100), rng.uniform(0.015, 0.05, 20)
+    cal = calibrate_threshold(np.r_[good_u, poor_u, np.inf], np.r_[np.full(100, 0.9), np.full(20, 0.4), 0.9])
+    assert cal["high_uncertainty_upp"] == pytest.approx(np.quantile(good_u, 0.95))
+    assert cal["good_slices"] == 100 and cal["poor_slices"] == 20 and cal["good_flagged"] == 5   # 5 % false alarms
+    assert cal["poor_flagged"] == int((poor_u > cal["high_uncertainty_upp"]).sum())
+    with pytest.raises(InvalidParameterError, match="calibration slices"):
+        calibrate_threshold([0.01] * 3, [0.9] * 3)
+
+    torch.manual_seed(0)
+    net = build_network("unet2d", config="tiny")
+    with torch.no_grad():                        # some myocardium on noise, so that U_pp is finite and positive
+        [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)][-1].bias[2] += 2.0
+    folder = save_pool([{"name": "m0", "network": net, "val_dice": 0.9}],
+                       tmp_path / "pool", card={"input": {"n_frames": 30, "size": 128, "scale": 2.0}})
+    assert pool_threshold(load_pool(folder, device="cpu")) is None              # not calibrated: no flag
+    series = SliceSeries(data=rng.random((30, 64, 64)).astype(np.float32), times=np.arange(30.0), spacing=(1.8, 1.8))
+    assert "high_uncertainty" not in run_daugs(series, str(folder), device="cpu", umap_stride=16).flags
+    store_threshold(folder, dict(cal, high_uncertainty_upp=1e-9))               # a threshold every slice exceeds
+    pool = load_pool(folder, device="cpu")
+    assert pool_threshold(pool) == 1e-9
+    res = run_daugs(series, pool, device="cpu", umap_stride=16)
+    assert np.isfinite(res.upp_chosen) and "high_uncertainty" in res.flags
+    assert "high_uncertainty" not in run_daugs(series, pool, device="cpu", umap_stride=16,
+                                               uncertainty_threshold=None).flags
+    with pytest.raises(InvalidParameterError):
+        store_threshold(folder, {"high_uncertainty_upp": -1})
