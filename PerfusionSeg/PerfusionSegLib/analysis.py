@@ -171,16 +171,17 @@ def load_daugs_pool(options: AnalysisOptions):
     return load_pool(resolve_daugs_pool(options), device=options.device)
 
 
-def run_daugs_on(series, pool, options: AnalysisOptions):
+def run_daugs_on(series, pool, options: AnalysisOptions, keep_member_labels: bool = False):
+    """``keep_member_labels``: segment every member too (the DAUGS panel shows any member's result without running
+    the pool again); the whole-study analysis needs only the chosen member's, which the staged search gives."""
     from PerfusionDAUGSLib.daugs import run_daugs
     from PerfusionDAUGSLib.selection import DEFAULT_SCHEDULE
 
     # the staged search never goes finer than the U-map stride the user chose (the Lib appends that stride as the
-    # last stage, but would still run its finer default stages first); member labels are kept so that the panel
-    # can show any member's result without running the pool again
+    # last stage, but would still run its finer default stages first)
     schedule = tuple(stage for stage in DEFAULT_SCHEDULE if int(stage[0]) >= int(options.umap_stride))
     return run_daugs(series, pool, umap_stride=options.umap_stride, seg_stride=options.seg_stride,
-                     device=options.device, keep_member_labels=True, schedule=schedule)
+                     device=options.device, keep_member_labels=keep_member_labels, schedule=schedule)
 
 
 def run_daugs_series(context, series, options: AnalysisOptions):
@@ -191,7 +192,7 @@ def run_daugs_series(context, series, options: AnalysisOptions):
     context.check()
     context.progress(0.1, f"running {len(pool)} pool members (U-map stride {options.umap_stride}, "
                           f"segmentation stride {options.seg_stride})")
-    result = run_daugs_on(series, pool, options)
+    result = run_daugs_on(series, pool, options, keep_member_labels=True)
     context.check()
     context.progress(1.0, "done")
     return result
