@@ -2,6 +2,7 @@
 
     /work/venv/bin/python benchmarks/bench_daugs.py                 # full run (tens of minutes on 2 busy cores)
     /work/venv/bin/python benchmarks/bench_daugs.py --quick         # smoke run (few series, small pool)
+    /work/venv/bin/python benchmarks/bench_daugs.py --pool Resources/Models/daugs_pool   # the shipped pool
 
 Members are UNet2D (PerfusionSegLib.networks) trained here for a few hundred steps on phantom slices
 (``phantom.generate_training_slice``, DAUGS-like 128x128 x 30 frames in [0, 1]), then checkpoints x weight perturbations
@@ -203,8 +204,9 @@ def record_series(pool, image, truth, established) -> dict:
 def summarise(records, established, vd, args) -> None:
     n = len(records)
     print()
+    kind = "trained members" if args.pool else f"checkpoints x weight perturbations {PERTURBATION_LEVELS}"
     print(f"## Agreement: UNet2D '{args.agree_config}' pool of {len(records[0]['names'])} members "
-          f"(checkpoints x weight perturbations {PERTURBATION_LEVELS}), {n} phantom series never trained on; "
+          f"({kind}), {n} phantom series never trained on; "
           f"established = {established}" + (f" (validation myocardium Dice {vd[established]:.3f})" if vd else ""))
     print("Exhaustive: every member at stride 2. Fast: the staged search, replayed from the same per-stride U_pp "
           "(checked against real select_members runs below).")
@@ -254,13 +256,22 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-agreement", action="store_true")
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--summary-only", action="store_true", help="summarise the agreement log, compute nothing")
+    ap.add_argument("--pool", help="a trained pool folder (e.g. Resources/Models/daugs_pool) instead of the "
+                                   "checkpoint x perturbation pools: its members, its established member")
     args = ap.parse_args(argv)
     if args.quick:
         args.members, args.n_series, args.steps, args.n_real_checks = 10, 3, 60, 1
     import json
 
     cache = Path(args.cache)
-    log = Path(args.log) if args.log else cache / f"agreement_{args.agree_config}_{args.members}.jsonl"
+    trained = None
+    if args.pool:
+        from PerfusionDAUGSLib.pool import load_pool
+        trained = load_pool(args.pool, device="cpu")
+        args.agree_config = args.timing_config = f"pool {trained.name}"
+        args.members = len(trained)
+    tag = f"pool_{trained.name}" if trained is not None else args.agree_config
+    log = Path(args.log) if args.log else cache / f"agreement_{tag}_{args.members}.jsonl"
     if args.summary_only:
         records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
         records = [r for r in records if "32" in r["upp"]]      # records made before the stride-32 stage
@@ -271,16 +282,21 @@ def main(argv=None) -> int:
     print(f"machine: {machine_description()}", flush=True)
     print(f"load average at start: {load()} (the 2 cores are shared with other jobs: wall times include waiting)")
 
-    t0 = time.perf_counter()
-    train = phantom_set(24 if args.quick else 64, seed=1)
-    val_x, val_y = phantom_set(4 if args.quick else 8, seed=2)
-    print(f"phantom slices generated in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    if trained is None:           # training slices for the checkpoint x perturbation pools
+        t0 = time.perf_counter()
+        train = phantom_set(24 if args.quick else 64, seed=1)
+        val_x, val_y = phantom_set(4 if args.quick else 8, seed=2)
+        print(f"phantom slices generated in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
 
     if not args.skip_agreement:
-        saved = train_checkpoints(args.agree_config, args.steps, checkpoints, train, seed=11, cache=cache)
-        pool = make_pool(args.agree_config, saved, args.members, seed=5)
-        vd = validation_dice(pool, val_x, val_y)
-        established = max(vd, key=vd.get)
+        if trained is not None:
+            pool = [(m.name, m.network.eval()) for m in trained.members]
+            vd, established = None, trained.established
+        else:
+            saved = train_checkpoints(args.agree_config, args.steps, checkpoints, train, seed=11, cache=cache)
+            pool = make_pool(args.agree_config, saved, args.members, seed=5)
+            vd = validation_dice(pool, val_x, val_y)
+            established = max(vd, key=vd.get)
         test_x, test_y = phantom_set(args.n_series, seed=3)
         records = []
         if log.is_file():
@@ -307,8 +323,11 @@ def main(argv=None) -> int:
         summarise(records, established, vd, args)
 
     if not args.skip_timing:
-        saved_t = train_checkpoints(args.timing_config, args.steps, checkpoints, train, seed=21, cache=cache)
-        pool_t = make_pool(args.timing_config, saved_t, args.members, seed=7)
+        if trained is not None:
+            pool_t = [(m.name, m.network.eval()) for m in trained.members]
+        else:
+            saved_t = train_checkpoints(args.timing_config, args.steps, checkpoints, train, seed=21, cache=cache)
+            pool_t = make_pool(args.timing_config, saved_t, args.members, seed=7)
         study_x, _ = phantom_set(3, seed=4)
         print()
         print(f"## Timing: 3-slice study, UNet2D '{args.timing_config}' pool of {len(pool_t)} members, U-map stride 2, "
