@@ -23,6 +23,8 @@ import datetime as _dt
 import json
 import math
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Union
@@ -178,8 +180,35 @@ def save_pool(members: Sequence, out_dir: Union[str, os.PathLike], *, name: Opti
     ``{"name", "network", "card" (optional), "run", "epoch", "val_dice"}``. Each member goes through
     ``registry.save_model`` (atomic, sha256 in its card); ``pool.json`` is written last, atomically. Returns the folder.
     """
-    reg = _registry()
     out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / INDEX_NAME).is_file())):
+        raise InvalidParameterError(f"{out} exists and is not a pool folder: give a new or empty folder")
+    # written into a staging folder that then replaces the old pool: no member of an earlier build is left behind,
+    # and a failure half-way leaves the old pool as it was
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)              # mkdtemp makes it private; a pool folder is an ordinary one
+    try:
+        _write_pool(members, staging, name=name or out.name, established=established, dice_threshold=dice_threshold,
+                    half=half, card=card, extra=extra)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / "pool")
+        os.replace(staging, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, out)
+    return out
+
+
+def _write_pool(members: Sequence, out: Path, *, name: str, established: Optional[str], dice_threshold, half: bool,
+                card: Optional[dict], extra: Optional[dict]) -> None:
+    reg = _registry()
     entries = []
     for m in members:
         if isinstance(m, PoolMember):
@@ -208,14 +237,13 @@ def save_pool(members: Sequence, out_dir: Union[str, os.PathLike], *, name: Opti
     est = established or established_member(entries) or entries[0]["name"]
     if est not in names:
         raise InvalidParameterError(f"established member {est!r} is not in the pool")
-    index = {"format": POOL_FORMAT, "name": name or out.name, "established": est,
+    index = {"format": POOL_FORMAT, "name": name, "established": est,
              "dice_threshold": dice_threshold,
              "created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
              "members": entries}
     if extra:
         index.update({k: v for k, v in extra.items() if k not in index})
     write_text_atomic(out / INDEX_NAME, json.dumps(index, indent=2) + "\n")
-    return out
 
 
 def record_evaluation(path_or_name: Union[str, os.PathLike], key: str, results: dict) -> Path:

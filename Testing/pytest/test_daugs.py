@@ -284,6 +284,16 @@ def test_pool_round_trip_with_sha256_check(tmp_path):
     folder = save_pool(members, tmp_path / "pool", name="test-pool", dice_threshold=0.87)
     pool = load_pool(folder, device="cpu")
     assert pool.names == [m["name"] for m in members] and pool.established == "run1_ep005"
+    # a pool written again over an old one leaves none of the old members' files behind
+    again = save_pool(members[:1], tmp_path / "pool2", name="p2")
+    save_pool([dict(members[1], name="other")], again, name="p2")
+    assert sorted(f.name for f in again.iterdir()) == ["other.json", "other.pt", "pool.json"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []      # no staging folder left
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("x")
+    with pytest.raises(InvalidParameterError, match="not a pool folder"):
+        save_pool(members, tmp_path / "notes")
+    assert (tmp_path / "notes" / "mine.txt").read_text() == "x"
     # measured results go into the pool's card without touching its members; a second key keeps the first
     from PerfusionDAUGSLib.pool import record_evaluation
     record_evaluation(folder, "phantom_test", {"myo": 0.9})
