@@ -71,8 +71,10 @@ def test_cancel_stops_the_analysis(phantom_pair):
         analyse_studies(context, studies, AnalysisOptions(), labels_override=override)
 
 
-def test_segmentation_only_and_clear_errors(phantom_pair, tmp_path):
+def test_segmentation_only_and_clear_errors(phantom_pair, tmp_path, monkeypatch):
     studies, override, _ = phantom_pair
+    monkeypatch.setenv("PERFUSION_MODELS_DIR", str(tmp_path))     # not the shipped models: "no model anywhere"
+    monkeypatch.delenv("PERFUSION_POOLS_DIR", raising=False)
     result = analyse_studies(None, {"stress": studies["stress"]}, AnalysisOptions(compute_mbf=False),
                              labels_override=override)
     assert len(result.slices) == 3 and all(s.mbf is None for s in result.slices) and result.table == {}

@@ -1,0 +1,44 @@
+"""The models shipped in Resources/Models: within the size budget, every weight file verified by sha256 and loaded
+without pickle, every model card complete (architecture, input, training record, measured results)."""
+import json
+from pathlib import Path
+
+import pytest
+
+MODELS = Path(__file__).resolve().parents[2] / "Resources" / "Models"
+BUDGET_BYTES = 60_000_000          # 60 MB for every shipped weight file and card together
+POOL = MODELS / "daugs_pool"
+
+
+def test_shipped_weights_stay_within_the_size_budget():
+    total = sum(f.stat().st_size for f in MODELS.rglob("*") if f.is_file())
+    assert total < BUDGET_BYTES, f"Resources/Models holds {total / 1e6:.1f} MB (budget 60 MB)"
+
+
+@pytest.mark.skipif(not (POOL / "pool.json").is_file(), reason="no DAUGS pool shipped")
+def test_shipped_pool_loads_verified_and_carries_its_card():
+    from PerfusionDAUGSLib.pool import load_pool
+    from PerfusionDAUGSLib.uncertainty_threshold import pool_threshold
+
+    pool = load_pool(POOL, device="cpu")                  # sha256 of every member against index and card
+    index = json.loads((POOL / "pool.json").read_text())
+    assert len(pool) >= 20 and pool.established in pool.names
+    assert all(m.val_dice is not None and m.val_dice >= index["dice_threshold"] for m in pool.members)
+    spec = pool.input_spec()
+    assert (spec["n_frames"], spec["size"], spec["scale"]) == (30, 128, 2.0)
+    training = index["training"]
+    assert training["data"]["phantom_presets"] and "real_data" in training["data"]
+    assert len(training["seconds_per_run"]) == len(training["seeds"]) and training["machine"]
+    evaluation = index["evaluation"]
+    assert {"phantom_test", "real_data"} <= set(evaluation)
+    assert "all" in evaluation["phantom_test"]["summary"] and "daugs_dev" in evaluation["real_data"]["summary"]
+    assert pool_threshold(pool) is not None and index["qc"]["calibration_set"]
+
+
+@pytest.mark.skipif(not list(MODELS.glob("*.json")), reason="no single-model card shipped (no ResUNet yet)")
+def test_every_shipped_model_card_loads():
+    from PerfusionSegLib.networks.registry import load_model
+
+    for card in sorted(MODELS.glob("*.json")):
+        model = load_model(card, device="cpu")
+        assert model.card["input"] and model.card["training"] and model.card["metrics"], card.name
