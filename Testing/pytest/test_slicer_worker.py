@@ -39,15 +39,20 @@ def test_result_and_progress_reach_the_polling_thread():
     assert events[-1][0] == "finished" and not task.running
 
 
-def test_cancel_stops_between_steps():
-    started = threading.Event()
-
+def _until_cancelled(started: threading.Event):
+    """A job that says it has started, then checks for cancellation every 5 ms for up to 10 s."""
     def job(ctx):
         started.set()
-        for _ in range(1000):
+        for _ in range(2000):
             ctx.check()
             time.sleep(0.005)
         return "never"
+    return job
+
+
+def test_cancel_stops_between_steps():
+    started = threading.Event()
+    job = _until_cancelled(started)
 
     task = BackgroundTask(job).start()
     started.wait(5)
@@ -139,12 +144,7 @@ def test_panel_task_drives_the_panel_widgets(monkeypatch):
     assert changes  # the buttons were updated after polling
 
     started = threading.Event()
-
-    def slow(ctx):
-        started.set()
-        for _ in range(2000):
-            ctx.check()
-            time.sleep(0.005)
+    slow = _until_cancelled(started)
 
     finished.clear()
     panel.start(slow, status="Running...")
