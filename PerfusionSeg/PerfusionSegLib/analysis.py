@@ -76,15 +76,20 @@ class AnalysisResult:
 # ------------------------------------------------------------------------------------------------------------------
 # segmentation
 # ------------------------------------------------------------------------------------------------------------------
+def _model_folders(options: AnalysisOptions) -> tuple:
+    """The folders searched for model cards: the ones given, else the default models folder."""
+    from PerfusionSegLib.networks.registry import default_models_dir
+
+    return tuple(options.models_dirs) or (default_models_dir(),)
+
+
 def _find_card(options: AnalysisOptions, architectures=("resunet", "unet2d")):
     from PerfusionSegLib.errors import UnreadableFileError
     from PerfusionSegLib.networks.registry import list_models
 
-    from PerfusionSegLib.networks.registry import default_models_dir
-
     if options.model and os.path.isfile(str(options.model)):
         return str(options.model), None
-    for folder in options.models_dirs or (default_models_dir(),):
+    for folder in _model_folders(options):
         for entry in list_models(folder):
             if options.model and entry["name"] != options.model:
                 continue
@@ -109,8 +114,7 @@ def resolve_method(options: AnalysisOptions) -> str:
         _find_card(options)
         return "resunet"
     except UnreadableFileError:
-        from PerfusionSegLib.networks.registry import default_models_dir
-        where = ", ".join(map(str, options.models_dirs or (default_models_dir(),)))
+        where = ", ".join(map(str, _model_folders(options)))
         raise UnreadableFileError(f"no trained segmentation model (DAUGS pool or ResUNet) in {where}: set the models "
                                   f"folder (PERFUSION_MODELS_DIR) or train one with `perfusion train`") from None
 
