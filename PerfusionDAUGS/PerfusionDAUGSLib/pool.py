@@ -27,7 +27,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Union
+from typing import Callable, Iterable, List, Optional, Sequence, Union
 
 from PerfusionSegLib.atomic import write_text_atomic
 from PerfusionSegLib.errors import InvalidParameterError, UnreadableFileError
@@ -249,13 +249,19 @@ def _write_pool(members: Sequence, out: Path, *, name: str, established: Optiona
 def record_evaluation(path_or_name: Union[str, os.PathLike], key: str, results: dict) -> Path:
     """Store measured results in the pool's model card (``pool.json`` ``evaluation[key]``), atomically; the members
     and their checksums are left as they are. Returns the index path."""
-    folder = resolve_pool_path(path_or_name)
-    index = read_index(folder)
     if not key or not isinstance(results, dict):
         raise InvalidParameterError("an evaluation needs a name and a dict of results")
-    evaluation = dict(index.get("evaluation") or {})
-    evaluation[str(key)] = results
-    index["evaluation"] = evaluation
+
+    def add(index: dict) -> None:
+        index["evaluation"] = dict(index.get("evaluation") or {}, **{str(key): results})
+    return update_index(path_or_name, add)
+
+
+def update_index(path_or_name: Union[str, os.PathLike], change: Callable[[dict], None]) -> Path:
+    """Apply ``change`` to the pool's index (its model card) and write it back atomically; members untouched."""
+    folder = resolve_pool_path(path_or_name)
+    index = read_index(folder)
+    change(index)
     write_text_atomic(folder / INDEX_NAME, json.dumps(index, indent=2) + "\n")
     return folder / INDEX_NAME
 

@@ -9,7 +9,6 @@ catches is then measured on other data (test studies, real series), not assumed.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Optional, Sequence, Union
@@ -53,14 +52,12 @@ def pool_threshold(pool) -> Optional[float]:
 
 def store_threshold(path_or_name: Union[str, os.PathLike], calibration: dict) -> None:
     """Write a calibration (``calibrate_threshold``'s dict plus how the slices were made) into the pool's index."""
-    from PerfusionSegLib.atomic import write_text_atomic
-
-    from .pool import INDEX_NAME, read_index, resolve_pool_path
+    from .pool import update_index
 
     value = calibration.get(THRESHOLD_KEY)
     if not isinstance(value, (int, float)) or not math.isfinite(float(value)) or value <= 0:
         raise InvalidParameterError(f"a calibration needs a positive finite {THRESHOLD_KEY}, got {value!r}")
-    folder = resolve_pool_path(path_or_name)
-    index = read_index(folder)
-    index[QC_KEY] = dict(calibration)
-    write_text_atomic(folder / INDEX_NAME, json.dumps(index, indent=2) + "\n")
+
+    def put(index: dict) -> None:
+        index[QC_KEY] = dict(calibration)
+    update_index(path_or_name, put)
