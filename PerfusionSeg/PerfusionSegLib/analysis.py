@@ -89,11 +89,13 @@ def _find_card(options: AnalysisOptions, architectures=("resunet", "unet2d")):
 
     if options.model and os.path.isfile(str(options.model)):
         return str(options.model), None
-    for folder in _model_folders(options):
-        for entry in list_models(folder):
-            if options.model and entry["name"] != options.model:
-                continue
-            if entry["architecture"] in architectures and entry["weights_present"]:
+    # architectures in order of preference: a DAUGS pool's member cards (unet2d) are found by the recursive listing
+    # too, and must not stand in for an installed ResUNet
+    entries = [(folder, entry) for folder in _model_folders(options) for entry in list_models(folder)
+               if entry["weights_present"] and (not options.model or entry["name"] == options.model)]
+    for architecture in architectures:
+        for folder, entry in entries:
+            if entry["architecture"] == architecture:
                 return entry["card"], folder
     if options.model:
         return options.model, (options.models_dirs[0] if options.models_dirs else None)
