@@ -123,6 +123,21 @@ def test_registry_round_trip_fp32_and_fp16(tmp_path):
     assert names == ["tiny16", "tiny32"]
 
 
+def test_evaluation_is_recorded_in_the_card_without_touching_the_weights(tmp_path):
+    from PerfusionSegLib.networks.registry import record_evaluation
+
+    card = save_model(build_network("unet2d", config="tiny"), _tiny_card(), tmp_path, "m")
+    before = (tmp_path / "m.pt").read_bytes()
+    record_evaluation(card, "phantom_test", {"myo": 0.9})
+    record_evaluation(card, "real_data", {"myo": 0.7})
+    doc = json.loads(card.read_text())
+    assert doc["evaluation"] == {"phantom_test": {"myo": 0.9}, "real_data": {"myo": 0.7}}
+    assert (tmp_path / "m.pt").read_bytes() == before
+    load_model(card, device="cpu")                                   # the checksum still holds
+    with pytest.raises(InvalidParameterError):
+        record_evaluation(card, "", {})
+
+
 def test_registry_rejects_a_modified_weights_file(tmp_path):
     net = build_network("unet2d", config="tiny")
     card = save_model(net, _tiny_card(), tmp_path, "m")

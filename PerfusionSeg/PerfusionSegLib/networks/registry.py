@@ -232,6 +232,17 @@ def save_model(network, card: dict, out_dir: Union[str, os.PathLike], name: str,
     return card_path
 
 
+def record_evaluation(card_path: Union[str, os.PathLike], key: str, results: dict) -> Path:
+    """Store measured results in a model card (``evaluation[key]``), atomically; weights and checksum untouched."""
+    if not key or not isinstance(results, dict):
+        raise InvalidParameterError("an evaluation needs a name and a dict of results")
+    card_path = Path(card_path)
+    card = read_card(card_path)
+    card["evaluation"] = dict(card.get("evaluation") or {}, **{str(key): results})
+    write_text_atomic(card_path, json.dumps(card, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    return card_path
+
+
 def _jsonable(value):
     if isinstance(value, (np.integer,)):
         return int(value)
@@ -266,5 +277,5 @@ def list_models(models_dir: Optional[Union[str, os.PathLike]] = None) -> list:
     return found
 
 
-__all__ = ["LoadedModel", "ModelIntegrityError", "load_model", "save_model", "list_models", "read_card",
+__all__ = ["LoadedModel", "ModelIntegrityError", "load_model", "save_model", "list_models", "read_card", "record_evaluation",
            "default_models_dir", "resolve_device", "sha256_of", "CLASS_NAMES", "CARD_FORMAT"]
