@@ -4,7 +4,8 @@ Each variant runs in its own subprocess (so peak RSS is its own): model load (ca
 then slices of 48 x 176 x 176. Variants: fp32 eager (baseline), channels-last, channels-last + bf16 autocast,
 TorchScript trace + freeze, torch.compile (if a compiler is available), fp16-stored weights (load time and size),
 and the whole ``segment_series`` pipeline (localisation, resampling, network, inverse map, post-processing, QC) in fp32
-and bf16. Dynamic int8 quantisation is not run: it covers Linear/LSTM layers and this network is all convolutions.
+and bf16; and the same network exported to ONNX and run by ONNX Runtime in a process that never imports torch (network
+alone and whole pipeline; needs the packages onnx and onnxruntime). Dynamic int8 quantisation is not run: it covers Linear/LSTM layers and this network is all convolutions.
 Agreement with the fp32 baseline: mean Dice over the 4 classes of the argmax labels.
 
 Weights: a trained model when one is installed (``--model NAME|CARD``), else He-initialised weights whose
@@ -28,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 VARIANTS = ("fp32_eager", "fp32_channels_last", "bf16_channels_last", "jit_trace_freeze", "torch_compile",
-            "fp16_weights_bf16", "pipeline_fp32", "pipeline_bf16")
+            "fp16_weights_bf16", "pipeline_fp32", "pipeline_bf16", "onnxruntime", "pipeline_onnx")
+ONNX_VARIANTS = ("onnxruntime", "pipeline_onnx")   # run without importing torch (networks/onnx_model.py)
 TARGET_MS, TARGET_LOAD_MS, TARGET_RSS_MB, TARGET_DICE = 150.0, 100.0, 250.0, 0.005
 
 
@@ -78,10 +80,10 @@ def make_model(folder: Path, model_arg) -> Path:
     """A card path: the given trained model, or calibrated random weights saved in fp32 and fp16."""
     import torch
     from PerfusionSegLib.networks import build_network
-    from PerfusionSegLib.networks.registry import _resolve_card, save_model
+    from PerfusionSegLib.networks.registry import resolve_card, save_model
 
     if model_arg:
-        return _resolve_card(model_arg, None)
+        return resolve_card(model_arg, None)
     torch.manual_seed(0)
     net = build_network("resunet", config="xue2020")
     net.train()
@@ -188,6 +190,41 @@ def run_variant(variant: str, card: str, ref_path: str, n_slices: int, threads: 
     return out
 
 
+def run_onnx_variant(variant: str, onnx_card: str, ref_path: str, n_slices: int, threads: int) -> dict:
+    """Inside the subprocess: ONNX Runtime, torch never imported (checked and reported)."""
+    t_import = time.perf_counter()
+    import onnxruntime  # noqa: F401
+    from PerfusionSegLib.networks.onnx_model import load_onnx_model
+    import_ms = (time.perf_counter() - t_import) * 1000
+    rss_import = peak_rss_mb()
+    t0 = time.perf_counter()
+    model = load_onnx_model(onnx_card, threads=threads)
+    load_ms = (time.perf_counter() - t0) * 1000
+    x_np, truth = synthetic_slices(n_slices, seed=1, with_labels=True)
+    times, cpu, labels = [], [], []
+    for i in range(n_slices + 3):
+        x = x_np[i % n_slices: i % n_slices + 1]
+        t, c = time.perf_counter(), time.process_time()
+        if variant == "pipeline_onnx":
+            from PerfusionSegLib.inference import segment_series
+            from PerfusionSegLib.series import SliceSeries
+            series = SliceSeries(data=x[0], times=np.arange(48) * 0.5, spacing=(1.0, 1.0))
+            lab = segment_series(series, model).labels
+        else:
+            lab = model.predict_proba(x)[0].argmax(0).astype(np.uint8)
+        if i >= 3:
+            times.append((time.perf_counter() - t) * 1000)
+            cpu.append((time.process_time() - c) * 1000)
+            labels.append(lab)
+    labels = np.stack(labels)
+    ref = np.load(ref_path.replace(".npy", "_pipeline.npy") if variant == "pipeline_onnx" else ref_path)
+    return {"variant": variant, "load_ms": load_ms, "import_ms": import_ms, "ms_median": float(np.median(times)),
+            "ms_p90": float(np.percentile(times, 90)), "ms_min": float(np.min(times)), "cpu_ms": float(np.median(cpu)),
+            "truth_dice": _mean_dice(labels, truth[[i % n_slices for i in range(3, n_slices + 3)]]),
+            "peak_rss_mb": peak_rss_mb(), "rss_import_mb": rss_import, "torch_imported": "torch" in sys.modules,
+            "mean_dice_vs_fp32": _mean_dice(labels, ref), "min_dice_vs_fp32": _mean_dice(labels, ref, reduce=np.min)}
+
+
 def _mean_dice(labels: np.ndarray, ref: np.ndarray, reduce=np.mean) -> float:
     """Dice per slice and class (classes present in either), reduced over all of them."""
     dices = []
@@ -208,7 +245,8 @@ def main() -> int:
     ap.add_argument("--_child", nargs=3, metavar=("VARIANT", "CARD", "REF"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._child:
-        print(json.dumps(run_variant(args._child[0], args._child[1], args._child[2], args.slices, args.threads)))
+        run = run_onnx_variant if args._child[0] in ONNX_VARIANTS else run_variant
+        print(json.dumps(run(args._child[0], args._child[1], args._child[2], args.slices, args.threads)))
         return 0
 
     from PerfusionSegLib.machine import machine_description
@@ -224,12 +262,22 @@ def main() -> int:
               f"weights {Path(card).with_suffix('.pt').stat().st_size / 1e6:.1f} MB fp32")
         ref = str(Path(tmp) / "ref.npy")
         variants = ["fp32_eager"] + [v for v in args.variants if v != "fp32_eager"]
+        if "pipeline_onnx" in variants and "pipeline_fp32" not in variants:
+            variants.insert(variants.index("pipeline_onnx"), "pipeline_fp32")   # its reference
+        onnx_card = None
+        if any(v in ONNX_VARIANTS for v in variants):
+            try:
+                from PerfusionSegLib.networks.onnx_model import export_onnx
+                onnx_card = export_onnx(card, Path(tmp) / "onnx")
+            except Exception as exc:   # onnx / onnxruntime not installed
+                print(f"ONNX variants not run: {type(exc).__name__}: {exc}")
         rows = []
         for v in variants:
-            if v == "fp16_weights_bf16" and args.model:
+            if (v == "fp16_weights_bf16" and args.model) or (v in ONNX_VARIANTS and onnx_card is None):
                 continue
+            child_card = onnx_card if v in ONNX_VARIANTS else card
             proc = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--slices",
-                                   str(args.slices), "--_child", v, str(card), ref], capture_output=True, text=True)
+                                   str(args.slices), "--_child", v, str(child_card), ref], capture_output=True, text=True)
             try:
                 rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             except (IndexError, json.JSONDecodeError):
@@ -252,10 +300,13 @@ def main() -> int:
     fp32 = next((r for r in rows if r["variant"] == "fp32_eager" and "note" in r), None)
     if fp32:
         print(f"\nfp32 outputs: {fp32['note']}; Dice of fp32 labels vs the synthetic truth {fp32['truth_dice']:.3f}")
+    for r in rows:
+        if "torch_imported" in r:
+            print(f"{r['variant']}: torch imported in its process: {r['torch_imported']}")
     print(f"\ntargets (+ met / - missed, in order): <= {TARGET_MS:.0f} ms/slice, load <= {TARGET_LOAD_MS:.0f} ms, "
           f"peak RSS <= {TARGET_RSS_MB:.0f} MB, Dice within {TARGET_DICE} of fp32")
     print("Dice vs fp32: mean (min) over slices and classes of the argmax labels against fp32 eager; the pipeline_bf16 "
-          "row against pipeline_fp32. vs truth: against the synthetic truth.")
+          "and pipeline_onnx rows against pipeline_fp32. vs truth: against the synthetic truth.")
     print("ms/slice: median wall time; min: fastest slice; CPU ms: process CPU time per slice (all threads).")
     print("RSS MB: peak resident memory of the variant's process; (torch): peak after `import torch` and the registry")
     print(f"load average at end: {os.getloadavg()[0]:.2f} (other processes share these cores: timings are upper bounds)")

@@ -33,7 +33,7 @@ def prepare_kwargs(model, **overrides) -> dict:
     """Keyword arguments for ``prepare_for_network`` from the model card's input spec (plus overrides)."""
     spec = dict(_INPUT_DEFAULTS)
     spec.update({k: v for k, v in model.input_spec.items() if k in _INPUT_DEFAULTS})
-    spec["n_frames"] = int(model.network.config["in_channels"])
+    spec["n_frames"] = int(model.in_channels)
     spec.update({k: v for k, v in overrides.items() if v is not None})
     return spec
 
@@ -60,7 +60,7 @@ def segment_series(series, model, *, postprocess: bool = True, center_yx=None, b
                    **prepare_overrides) -> SegmentationResult:
     """Segment one slice series with a loaded model; every output is on the series' own grid.
 
-    ``model``: a LoadedModel, or a model name / card path for ``registry.load_model``.
+    ``model``: a LoadedModel (or ``onnx_model.OnnxModel``), or a model name / card path for ``registry.load_model``.
     ``center_yx``: LV centre on the input grid (else ``prepare_for_network`` locates it). ``bf16``: bfloat16 autocast.
     """
     from .preprocess import prepare_for_network

@@ -27,6 +27,9 @@ def register(subparsers) -> None:
     p.add_argument("--umap-stride", type=int, default=2, metavar="N", help="DAUGS U-map patch stride (default 2)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--bf16", action="store_true", help="bfloat16 inference (faster on CPUs with AVX512-BF16 and GPUs)")
+    p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                   help="ResUNet: torch (default) or ONNX Runtime, without torch (an ONNX card from "
+                        "`perfusion export-onnx`, given with --model or found beside the model card)")
     add_geometry_options(p)
     p.set_defaults(func=run)
 
@@ -54,13 +57,22 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise InvalidParameterError(f"--out {out} exists and is not a folder")
 
+    if args.method == "auto" and args.runtime == "onnx":
+        args.method = "resunet"                 # only the ResUNet runs on ONNX Runtime
     if args.method == "auto":
         from ..analysis import AnalysisOptions, resolve_method
         # a named ResUNet (--model) means the ResUNet; otherwise what is installed, the pool first
         args.method = "resunet" if args.model is not None and args.pool is None else \
             resolve_method(AnalysisOptions(method="auto", pool=args.pool, model=args.model))
     model = None
-    if args.method == "resunet":
+    if args.runtime == "onnx" and args.method != "resunet":
+        raise InvalidParameterError("--runtime onnx runs the ResUNet: give --method resunet (or --model)")
+    if args.method == "resunet" and args.runtime == "onnx":
+        from ..networks.onnx_model import load_onnx_model
+        from ..networks.registry import resolve_card
+        name = _default_resunet() if args.model is None else args.model
+        model = load_onnx_model(name if str(name).endswith(".onnx.json") else resolve_card(name))
+    elif args.method == "resunet":
         from ..errors import UnreadableFileError
         try:
             model = load_model(_default_resunet() if args.model is None else args.model, device=args.device)
@@ -81,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     for i, (stem, series) in enumerate(zip(unique_stems(args.inputs), series_list)):
         if args.method == "resunet":
             from ..inference import segment_series
-            result = segment_series(series, model, bf16=args.bf16)
+            result = segment_series(series, model, bf16=args.bf16 and args.runtime == "torch")
             labels, flags = result.labels, result.qc["flags"]
         else:
             result = daugs_results[i]

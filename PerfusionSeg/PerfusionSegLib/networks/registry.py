@@ -93,6 +93,10 @@ class LoadedModel:
     def n_classes(self) -> int:
         return int(self.network.config["n_classes"])
 
+    @property
+    def in_channels(self) -> int:
+        return int(self.network.config["in_channels"])
+
     def predict_proba(self, batch: np.ndarray, *, batch_size: int = 32, bf16: bool = False) -> np.ndarray:
         """Softmax probabilities (N, classes, H, W) float32 for a float array (N, channels, H, W), in batches.
 
@@ -103,7 +107,7 @@ class LoadedModel:
         x_all = np.asarray(batch, dtype=np.float32)
         if x_all.ndim != 4:
             raise InvalidParameterError(f"network input must be (N, channels, H, W), got shape {x_all.shape}")
-        expected = int(self.network.config["in_channels"])
+        expected = self.in_channels
         if x_all.shape[1] != expected:
             raise InvalidParameterError(f"model {self.name!r} takes {expected} frames as channels, got {x_all.shape[1]}")
         out = []
@@ -117,7 +121,8 @@ class LoadedModel:
         return np.concatenate(out, axis=0)
 
 
-def _resolve_card(card_path_or_name: Union[str, os.PathLike], models_dir) -> Path:
+def resolve_card(card_path_or_name: Union[str, os.PathLike], models_dir=None) -> Path:
+    """The card file of a model: a path to a card as it is, else ``<models_dir>/<name>.json`` (default folder)."""
     p = Path(card_path_or_name).expanduser()
     if p.suffix.lower() == ".json" or p.is_file():
         if not p.is_file():
@@ -152,7 +157,7 @@ def load_model(card_path_or_name: Union[str, os.PathLike], device: str = "auto",
 
     from . import build_network
 
-    card_path = _resolve_card(card_path_or_name, models_dir)
+    card_path = resolve_card(card_path_or_name, models_dir)
     card = read_card(card_path)
     weights = (card_path.parent / card["weights"]).resolve()
     if not weights.is_file():
@@ -278,4 +283,5 @@ def list_models(models_dir: Optional[Union[str, os.PathLike]] = None) -> list:
 
 
 __all__ = ["LoadedModel", "ModelIntegrityError", "load_model", "save_model", "list_models", "read_card", "record_evaluation",
+           "resolve_card",
            "default_models_dir", "resolve_device", "sha256_of", "CLASS_NAMES", "CARD_FORMAT"]
