@@ -25,6 +25,7 @@ import numpy as np
 
 from ..atomic import atomic_output, write_text_atomic
 from ..errors import InvalidParameterError, UnreadableFileError
+from .registry import CardProperties
 
 ONNX_CARD_FORMAT = "perfusion-onnx-card/1"
 OPSET = 17
@@ -83,33 +84,13 @@ def export_onnx(card_path: Union[str, os.PathLike], out_dir: Optional[Union[str,
     return path
 
 
-class OnnxModel:
+class OnnxModel(CardProperties):
     """A verified ONNX graph in an ONNX Runtime CPU session, with the interface of ``registry.LoadedModel``."""
 
     def __init__(self, card: dict, session, card_path: Optional[Path] = None):
         self.card = card
         self.session = session
         self.card_path = card_path
-
-    @property
-    def name(self) -> str:
-        return str(self.card.get("name", ""))
-
-    @property
-    def architecture(self) -> str:
-        return str(self.card["architecture"])
-
-    @property
-    def input_spec(self) -> dict:
-        return dict(self.card.get("input") or {})
-
-    @property
-    def in_channels(self) -> int:
-        return int(self.card["config"]["in_channels"])
-
-    @property
-    def n_classes(self) -> int:
-        return int(self.card["config"]["n_classes"])
 
     def predict_proba(self, batch: np.ndarray, *, batch_size: int = 32, bf16: bool = False) -> np.ndarray:
         """Softmax probabilities (N, classes, H, W) float32 for (N, channels, H, W); ``bf16`` is not used (fp32)."""

@@ -68,14 +68,11 @@ def resolve_device(device: str = "auto"):
     return torch.device(device)
 
 
-@dataclass
-class LoadedModel:
-    """A network in eval mode on its device, with its card (where ``card['input']`` says how to prepare data)."""
+class CardProperties:
+    """What a loaded model tells from its card (``self.card``): name, architecture, input spec, channels, classes.
+    Shared by the torch model here and the ONNX Runtime model (``onnx_model.OnnxModel``)."""
 
-    network: object
     card: dict
-    device: object
-    card_path: Optional[Path] = None
 
     @property
     def name(self) -> str:
@@ -87,15 +84,25 @@ class LoadedModel:
 
     @property
     def input_spec(self) -> dict:
-        return dict(self.card.get("input", {}))
+        return dict(self.card.get("input") or {})
 
     @property
     def n_classes(self) -> int:
-        return int(self.network.config["n_classes"])
+        return int(self.card["config"]["n_classes"])
 
     @property
     def in_channels(self) -> int:
-        return int(self.network.config["in_channels"])
+        return int(self.card["config"]["in_channels"])
+
+
+@dataclass
+class LoadedModel(CardProperties):
+    """A network in eval mode on its device, with its card (where ``card['input']`` says how to prepare data)."""
+
+    network: object
+    card: dict
+    device: object
+    card_path: Optional[Path] = None
 
     def predict_proba(self, batch: np.ndarray, *, batch_size: int = 32, bf16: bool = False) -> np.ndarray:
         """Softmax probabilities (N, classes, H, W) float32 for a float array (N, channels, H, W), in batches.
