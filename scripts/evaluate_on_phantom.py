@@ -31,6 +31,12 @@ def dice_per_class(pred: np.ndarray, ref: np.ndarray) -> dict:
     return {name: float(dice(pred == code, ref == code)) for name, code in CLASSES.items()}
 
 
+def save_labels(path: Path, saved: dict) -> None:
+    """One .npz: '<case>|labels', '<case>|reference', '<case>|spacing' for each case."""
+    np.savez_compressed(path, **{f"{case}|{key}": value for case, entry in saved.items() for key, value in entry.items()})
+    print(f"labels of {len(saved)} slices: {path}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pool", help="DAUGS pool folder")
@@ -40,13 +46,17 @@ def main(argv=None) -> int:
     ap.add_argument("--presets", nargs="+", help="default: every preset")
     ap.add_argument("--exhaustive", action="store_true", help="DAUGS: every member at the U-map stride")
     ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--no-postprocess", action="store_true",
+                    help="DAUGS: raw labels (no postprocess.clean_labels), e.g. to compare clean-up rules offline")
+    ap.add_argument("--save-labels", type=Path,
+                    help="write every slice's DAUGS labels and reference labels to this .npz (offline analysis)")
     ap.add_argument("--out", type=Path, help="per-slice results as JSON")
     ap.add_argument("--calibrate", action="store_true",
                     help="these studies are the calibration set of the pool's high_uncertainty threshold: compute it "
                          "(5 %% of slices with myocardium Dice >= 0.8 flagged) and store it in pool.json; use a seed "
                          "range kept for this (e.g. --seed-base 4000000)")
     ap.add_argument("--record", action="store_true",
-                    help="store the summary in the pool's model card (pool.json evaluation.phantom_test)")
+                    help="store the summary in the model cards (pool.json / the ResUNet card: evaluation.phantom_test)")
     args = ap.parse_args(argv)
 
     from PerfusionSegLib.phantom import generate_study
@@ -65,7 +75,7 @@ def main(argv=None) -> int:
     if args.calibrate and pool is None:
         ap.error("--calibrate needs --pool")
 
-    rows = []
+    rows, saved = [], {}
     for preset in presets:
         for k in range(args.studies):
             seed, condition = args.seed_base + k, ("stress", "rest")[k % 2]
@@ -75,16 +85,21 @@ def main(argv=None) -> int:
             daugs = None
             if pool is not None:
                 from PerfusionDAUGSLib.daugs import run_daugs
-                daugs = run_daugs(slices, pool, fast=not args.exhaustive, bf16=args.bf16, device="cpu")
+                daugs = run_daugs(slices, pool, fast=not args.exhaustive, bf16=args.bf16, device="cpu",
+                                  postprocess=not args.no_postprocess)
             t_daugs = time.time() - t0
             for i, (s, truth) in enumerate(zip(slices, ps.truth)):
                 row = {"preset": preset, "seed": seed, "condition": condition, "level": s.level or str(i)}
                 if daugs is not None:
                     r = daugs[i]
                     row.update(daugs=dice_per_class(r.labels, truth.labels), chosen=r.chosen, upp=r.upp_chosen,
-                               established=r.established, flags=list(r.flags or []))
+                               established=r.established, flags=list(r.flags or []),
+                               daugs_raw=dice_per_class(r.raw_labels(), truth.labels))
                     if r.established_labels is not None:
                         row["established_dice"] = dice_per_class(r.established_labels, truth.labels)
+                    saved[f"{preset}/{seed}/{row['level']}"] = {"labels": r.labels, "raw_labels": r.raw_labels(),
+                                                                "reference": truth.labels,
+                                                                "spacing": np.asarray(s.spacing, float)}
                     row["daugs_seconds_per_slice"] = round(t_daugs / len(slices), 2)
                 if model is not None:
                     from PerfusionSegLib.inference import segment_series
@@ -92,14 +107,16 @@ def main(argv=None) -> int:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
 
-    print("\nMean Dice blood / myocardium / RV per preset; 'lost' = slices with myocardium Dice < 0.3\n")
-    print("| preset | slices | DAUGS-selected | established | ResUNet | lost (DAUGS / est. / ResUNet) |")
-    print("|---|---|---|---|---|---|")
+    print("\nMean Dice blood / myocardium / RV per preset; 'lost' = slices with myocardium Dice < 0.3; DAUGS labels "
+          "are cleaned (postprocess.clean_labels) unless --no-postprocess, 'raw' = the chosen member's labels before\n")
+    print("| preset | slices | DAUGS-selected | established | ResUNet | DAUGS-selected, raw labels "
+          "| lost (DAUGS / est. / ResUNet / raw) |")
+    print("|---|---|---|---|---|---|---|")
     summary = {}
     for preset in presets + ["all"]:
         sel = [r for r in rows if preset in ("all", r["preset"])]
         cells, lost, entry = [], [], {"slices": len(sel)}
-        for key in ("daugs", "established_dice", "resunet"):
+        for key in ("daugs", "established_dice", "resunet", "daugs_raw"):
             vals = [r[key] for r in sel if key in r]
             if not vals:
                 cells.append("-")
@@ -111,11 +128,13 @@ def main(argv=None) -> int:
             cells.append(" / ".join(f"{means[c]:.3f}" for c in CLASSES))
             lost.append(str(n_lost))
         summary[preset] = entry
-        print(f"| {preset} | {len(sel)} | {cells[0]} | {cells[1]} | {cells[2]} | {' / '.join(lost)} |")
+        print(f"| {preset} | {len(sel)} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} | {' / '.join(lost)} |")
     record = {"summary": summary, "seed_base": args.seed_base, "studies_per_preset": args.studies,
               "fast": not args.exhaustive, "bf16": args.bf16, "resunet": args.model, "lost_below_myo_dice": LOST}
     if args.out:
         args.out.write_text(json.dumps(dict(record, rows=rows), indent=1))
+    if args.save_labels:
+        save_labels(args.save_labels, saved)
     if pool is not None:        # how the pool's current threshold (if any) separates good and poor slices here
         from PerfusionDAUGSLib.uncertainty_threshold import pool_threshold
         threshold = pool_threshold(pool)
@@ -137,6 +156,9 @@ def main(argv=None) -> int:
     if args.record and args.pool:
         from PerfusionDAUGSLib.pool import record_evaluation
         print(f"recorded in {record_evaluation(args.pool, 'phantom_test', record)}")
+    if args.record and args.model:
+        from PerfusionSegLib.networks.registry import record_evaluation as record_in_card
+        print(f"recorded in {record_in_card(args.model, 'phantom_test', record)}")
     return 0
 
 

@@ -100,12 +100,16 @@ def main(argv=None) -> int:
                     help="pixel spacing of the daugs_dev images, which do not store it (about 0.9 mm per the data README)")
     ap.add_argument("--ml-limit", type=int, help="evaluate only the first N ml_perfusion series")
     ap.add_argument("--fast", action="store_true", help="DAUGS staged search instead of exhaustive")
+    ap.add_argument("--no-postprocess", action="store_true",
+                    help="DAUGS: raw labels (no postprocess.clean_labels), e.g. to compare clean-up rules offline")
+    ap.add_argument("--save-labels", type=Path,
+                    help="write every slice's DAUGS labels and reference labels to this .npz (offline analysis)")
     ap.add_argument("--out", type=Path, help="write the per-case results as JSON")
     ap.add_argument("--picture", type=Path, help="PNG of the DAUGS (else ResUNet) contours on the daugs_dev slices and "
                                                  "the first ml_perfusion series")
     ap.add_argument("--picture-ml", type=int, default=5, help="ml_perfusion series in the picture (default 5)")
     ap.add_argument("--record", action="store_true",
-                    help="store the summary in the pool's model card (pool.json evaluation.real_data)")
+                    help="store the summary in the model cards (pool.json / the ResUNet card: evaluation.real_data)")
     args = ap.parse_args(argv)
     if not DATA.exists():
         print(f"real data absent: {DATA}", file=sys.stderr)
@@ -116,7 +120,7 @@ def main(argv=None) -> int:
     if pool is None and model is None:
         ap.error("give --pool and/or --model")
 
-    rows, shown = [], []
+    rows, shown, saved = [], [], {}
     for dataset, name, img_path, lab_path, kw in _cases(args.ml_limit):
         if dataset == "daugs_dev":
             kw = dict(kw, spacing=args.daugs_spacing)
@@ -131,15 +135,25 @@ def main(argv=None) -> int:
                 from PerfusionSegLib.inference import segment_series
                 res = segment_series(series, model)
                 row.update(resunet_myo=_dice(res.labels, ref, 2), resunet_bp=_dice(res.labels, ref, 1),
-                           resunet_flags=list((res.qc or {}).get("flags", [])))
+                           resunet_flags=list((res.qc or {}).get("flags", [])),
+                           resunet_empty=bool((res.labels == 2).sum() == 0))
             if pool is not None:
                 from PerfusionDAUGSLib.daugs import run_daugs
                 # the daugs_dev crops are already 2x interpolated (data README): DAUGS must not interpolate again
                 res = run_daugs(series, pool, fast=args.fast, device="cpu",
-                                input_overrides={"scale": 1.0} if dataset == "daugs_dev" else None)
+                                input_overrides={"scale": 1.0} if dataset == "daugs_dev" else None,
+                                postprocess=not args.no_postprocess)
+                saved[f"{dataset}/{name}"] = {"labels": res.labels, "reference": ref,
+                                              "spacing": np.asarray(series.spacing, float)}
                 row.update(daugs_myo=_dice(res.labels, ref, 2), daugs_bp=_dice(res.labels, ref, 1),
                            daugs_chosen=res.chosen, daugs_upp=res.upp_chosen, daugs_flags=list(res.flags or []),
                            daugs_empty=bool((res.labels == 2).sum() == 0))
+                if not args.no_postprocess:      # the same member's labels before the clean-up, and their QC flags
+                    from PerfusionSegLib.qc import slice_qc
+                    raw = res.raw_labels()
+                    row.update(daugs_raw_myo=_dice(raw, ref, 2), daugs_raw_bp=_dice(raw, ref, 1),
+                               daugs_raw_qc_flags=slice_qc(raw, series.spacing, level=series.level,
+                                                           affine=series.affine)["flags"])
                 if res.established_labels is not None:
                     row.update(established_myo=_dice(res.established_labels, ref, 2),
                                established_bp=_dice(res.established_labels, ref, 1), established=res.established)
@@ -165,7 +179,7 @@ def main(argv=None) -> int:
         if not sel:
             continue
         summary = {k: float(np.nanmean([r.get(k, np.nan) for r in sel]))
-                   for k in ("resunet_myo", "daugs_myo", "established_myo")
+                   for k in ("resunet_myo", "daugs_myo", "established_myo", "daugs_raw_myo")
                    if any(k in r for r in sel)}
         errors = sum("error" in r for r in sel)
         empty = sum(bool(r.get("daugs_empty")) for r in sel)
@@ -173,18 +187,40 @@ def main(argv=None) -> int:
         print(f"{dataset}: n={len(sel)} mean Dice {summary}; crashes {errors}, empty myocardium {empty}, "
               f"QC-flagged {flagged}")
         summaries[dataset] = dict(summary, n=len(sel), crashes=errors, empty_myocardium=empty, qc_flagged=flagged)
+        for key, name in (("daugs_flags", "daugs_flag_counts"), ("daugs_raw_qc_flags", "daugs_raw_qc_flag_counts")):
+            counts = {}
+            for r in sel:
+                for f in r.get(key, []):
+                    counts[f] = counts.get(f, 0) + 1
+            if any(key in r for r in sel):
+                summaries[dataset][name] = counts
+                print(f"{dataset} {name}: {counts}")
+        if any("resunet_myo" in r for r in sel):
+            resunet = {"resunet_median_myo": float(np.nanmedian([r.get("resunet_myo", np.nan) for r in sel])),
+                       "resunet_empty_myocardium": sum(bool(r.get("resunet_empty")) for r in sel),
+                       "resunet_qc_flagged": sum(bool(r.get("resunet_flags")) for r in sel)}
+            print(f"{dataset} ResUNet: {resunet}")
+            summaries[dataset].update(resunet)
     if args.picture and shown:
         picture(shown, args.picture, "DAUGS-selected member" if pool is not None else "ResUNet")
         print(f"picture: {args.picture}")
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
-    if args.record and args.pool:
-        from PerfusionDAUGSLib.pool import record_evaluation
+    if args.save_labels:
+        from evaluate_on_phantom import save_labels
+        save_labels(args.save_labels, saved)
+    if args.record:
         per_case = {f"{r['dataset']}/{r['case']}": {k: r.get(k) for k in ("daugs_myo", "established_myo", "resunet_myo")
                                                    if k in r} for r in rows if r["dataset"] == "daugs_dev"}
         record = {"summary": summaries, "daugs_dev_per_slice": per_case, "fast": args.fast,
+                  "daugs_postprocess": not args.no_postprocess, "pool": args.pool, "resunet": args.model,
                   "note": "test only: never used to select models or stop training"}
-        print(f"recorded in {record_evaluation(args.pool, 'real_data', record)}")
+        if args.pool:
+            from PerfusionDAUGSLib.pool import record_evaluation
+            print(f"recorded in {record_evaluation(args.pool, 'real_data', record)}")
+        if args.model:
+            from PerfusionSegLib.networks.registry import record_evaluation as record_in_card
+            print(f"recorded in {record_in_card(args.model, 'real_data', record)}")
     return 0
 
 

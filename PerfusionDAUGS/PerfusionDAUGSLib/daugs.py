@@ -77,6 +77,12 @@ class DAUGSResult:
     def upp_chosen(self) -> float:
         return self.upp[self.chosen]
 
+    def raw_labels(self) -> Optional[np.ndarray]:
+        """The chosen member's labels on the input grid before ``postprocess.clean_labels`` (None without geometry)."""
+        if self.geometry is None or self.network_labels is None:
+            return None
+        return _to_input_grid(self.geometry, self.network_labels, order=0).astype(np.uint8)
+
     def to_dict(self) -> dict:
         """The ``S_daugs.json`` content (JSON-safe: an infinite U_pp, i.e. no myocardium, is written as null)."""
         def num(v):
@@ -138,7 +144,8 @@ def _resolve_pool(pool, device: str):
 def run_daugs(series, pool=None, *, umap_stride: int = UMAP_STRIDE, seg_stride: int = SEG_STRIDE, fast: bool = True,
               device: str = "auto", bf16: bool = False, keep_member_labels: bool = False, center_yx=None,
               schedule=None, batch_size: int = 64, margin=UMAP_MARGIN,
-              uncertainty_threshold: Union[float, str, None] = POOL_THRESHOLD, input_overrides: Optional[dict] = None):
+              uncertainty_threshold: Union[float, str, None] = POOL_THRESHOLD, input_overrides: Optional[dict] = None,
+              postprocess: bool = True):
     """DAUGS segmentation of a SliceSeries (-> DAUGSResult) or of a Study / list of series (-> list, slices batched).
 
     ``pool``: a ModelPool, a pool folder or name (default: the shipped ``daugs_pool``), or a list of (name, model).
@@ -149,6 +156,9 @@ def run_daugs(series, pool=None, *, umap_stride: int = UMAP_STRIDE, seg_stride: 
     calibrated value (none: no flag); None: never.
     ``input_overrides``: preparation keywords over the pool's (e.g. ``{"scale": 1.0}`` for series that are already
     2x interpolated, as the DAUGS authors' own crops are).
+    ``postprocess``: clean the labels on the series grid (``postprocess.clean_labels``: stray blood-pool and RV
+    islands, small myocardial islands, small enclosed gaps); the U-map and the member choice are not affected, and
+    ``network_labels`` stay raw.
     """
     from PerfusionSegLib.series import SliceSeries
 
@@ -180,7 +190,7 @@ def run_daugs(series, pool=None, *, umap_stride: int = UMAP_STRIDE, seg_stride: 
                                 schedule=DEFAULT_SCHEDULE if schedule is None else schedule,
                                 rank_stride=int(seg_stride) if keep_member_labels else RANK_STRIDE,
                                 batch_size=batch_size, bf16=bf16, margin=margin, patch=patch)
-    results = [_to_result(s, geo, sel, pool_obj, keep_member_labels, uncertainty_threshold)
+    results = [_to_result(s, geo, sel, pool_obj, keep_member_labels, uncertainty_threshold, postprocess)
                for s, (_, geo), sel in zip(seq, prepared, selections)]
     return results[0] if single else results
 
@@ -190,20 +200,25 @@ def _to_input_grid(geometry, array: np.ndarray, order: int) -> np.ndarray:
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def _to_result(series, geometry, sel, pool, keep_member_labels: bool, uncertainty_threshold) -> DAUGSResult:
+def _to_result(series, geometry, sel, pool, keep_member_labels: bool, uncertainty_threshold,
+               postprocess: bool = True) -> DAUGSResult:
+    from PerfusionSegLib.postprocess import clean_labels
     from PerfusionSegLib.qc import slice_qc
 
+    def input_labels(network_grid_labels):
+        out = _to_input_grid(geometry, network_grid_labels, order=0).astype(np.uint8)
+        return clean_labels(out) if postprocess else out
+
     chosen = sel.chosen_evaluation
-    labels = _to_input_grid(geometry, chosen.labels, order=0).astype(np.uint8)
+    labels = input_labels(chosen.labels)
     umap = _to_input_grid(geometry, chosen.umap, order=1).astype(np.float32)
     umap = np.clip(umap, 0.0, 0.5)
     est_labels = None
     if sel.established is not None:
-        est_labels = _to_input_grid(geometry, sel.evaluations[sel.established].labels, order=0).astype(np.uint8)
+        est_labels = input_labels(sel.evaluations[sel.established].labels)
     member_labels = None
     if keep_member_labels:
-        member_labels = {k: _to_input_grid(geometry, v.labels, order=0).astype(np.uint8)
-                         for k, v in sel.evaluations.items()}
+        member_labels = {k: input_labels(v.labels) for k, v in sel.evaluations.items()}
     qc = slice_qc(labels, series.spacing, level=series.level, affine=series.affine)
     flags = list(qc.get("flags", []))
     flags += [f for f in sel.flags if f not in flags]

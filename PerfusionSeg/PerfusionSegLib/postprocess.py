@@ -8,6 +8,9 @@
   blob, blood pool hole-filled (papillary muscles belong to the pool, CONVENTIONS), and, where the myocardium closes
   into a ring, its interior given to the blood pool and pool outside the ring removed, so that the myocardium surrounds
   the pool.
+- :func:`clean_labels`: the same clean-up for a finished label map (DAUGS labels come from thresholded mean
+  probabilities, with no post-processing of their own): stray blood-pool and RV islands go, myocardial islands far
+  smaller than the main ring go, enclosed gaps in the heart are closed.
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ from scipy import ndimage
 from .errors import InvalidParameterError
 
 BACKGROUND, BLOOD_POOL, MYOCARDIUM, RV = 0, 1, 2, 3
+
+MAX_GAP_FRACTION = 0.05   # clean_labels: enclosed background up to this fraction of the myocardium is wall, not cavity
 
 _STRUCTURE = {4: ndimage.generate_binary_structure(2, 1), 8: ndimage.generate_binary_structure(2, 2)}
 
@@ -119,5 +124,43 @@ def assemble_labels(probabilities: np.ndarray, *, adaptive: bool = True, enforce
     return labels
 
 
-__all__ = ["largest_component", "fill_holes", "adaptive_threshold", "assemble_labels", "count_components",
+def clean_labels(labels: np.ndarray, *, min_piece_fraction: float = 0.2) -> np.ndarray:
+    """Clean uint8 labels (Y, X) in project codes: one blood pool (holes filled), one RV, and only the myocardial
+    pieces of at least ``min_piece_fraction`` of the largest one.
+
+    Substantial pieces of a broken ring are kept (deleting them would hide the break and lose true myocardium; the
+    QC flags the break); small islands (a few pixels of noise, a bright vessel) go. Background enclosed by the heart
+    in small pieces (between pool and myocardium, or inside the wall: up to ``MAX_GAP_FRACTION`` of the myocardium)
+    becomes myocardium. Removed pixels become background.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise InvalidParameterError(f"labels must be 2D (Y, X), got shape {labels.shape}")
+    if not 0.0 <= min_piece_fraction <= 1.0:
+        raise InvalidParameterError(f"min_piece_fraction must be in [0, 1], got {min_piece_fraction}")
+    pool = labels == BLOOD_POOL
+    pool = fill_holes(largest_component(pool)) if pool.any() else pool
+    myo = (labels == MYOCARDIUM) & ~pool
+    if myo.any():
+        lab, n = ndimage.label(myo, structure=_structure(8))
+        sizes = ndimage.sum_labels(myo, lab, index=np.arange(1, n + 1))
+        keep = np.nonzero(sizes >= min_piece_fraction * sizes.max())[0] + 1
+        myo = np.isin(lab, keep)
+        # small enclosed gaps inside the heart are wall; a large enclosed area (a cavity the pool label missed) is not
+        gaps, n_gaps = ndimage.label(fill_holes(myo | pool) & ~(myo | pool))
+        if n_gaps:
+            gap_sizes = ndimage.sum_labels(gaps > 0, gaps, index=np.arange(1, n_gaps + 1))
+            small = np.nonzero(gap_sizes <= max(4.0, MAX_GAP_FRACTION * myo.sum()))[0] + 1
+            myo |= np.isin(gaps, small)
+    rv = (labels == RV) & ~(pool | myo)
+    rv = fill_holes(largest_component(rv)) & ~(pool | myo) if rv.any() else rv
+    out = np.zeros(labels.shape, np.uint8)
+    out[rv] = RV
+    out[myo] = MYOCARDIUM
+    out[pool] = BLOOD_POOL
+    return out
+
+
+__all__ = ["largest_component", "fill_holes", "adaptive_threshold", "assemble_labels", "clean_labels",
+           "count_components",
            "BACKGROUND", "BLOOD_POOL", "MYOCARDIUM", "RV"]

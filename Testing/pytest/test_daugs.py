@@ -375,6 +375,16 @@ def test_run_daugs_outputs_are_on_the_input_grid(shape, spacing):
     doc = json.loads(res.to_json())
     assert doc["chosen"] == "good" and set(doc["u_pp"]) == {"good", "noisy"}
     assert doc["u_pp_chosen"] == pytest.approx(res.upp["good"])
+    # labels are cleaned on the series grid; the choice and the U-map are not affected
+    from PerfusionSegLib.postprocess import clean_labels, count_components
+    raw = run_daugs(series, members, keep_member_labels=True, device="cpu", postprocess=False)
+    assert raw.chosen == res.chosen and np.array_equal(raw.umap, res.umap)
+    for name, labels in raw.member_labels.items():
+        np.testing.assert_array_equal(clean_labels(labels), res.member_labels[name])
+    np.testing.assert_array_equal(clean_labels(raw.labels), res.labels)
+    np.testing.assert_array_equal(res.raw_labels(), raw.labels)
+    for name, labels in res.member_labels.items():
+        assert count_components(labels == 2) <= count_components(raw.member_labels[name] == 2)
 
 
 def test_run_daugs_end_to_end_with_a_saved_pool(tmp_path):

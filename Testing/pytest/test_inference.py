@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from PerfusionSegLib.cli import main
+from PerfusionSegLib.errors import InvalidParameterError
 from PerfusionSegLib.metrics import dice
-from PerfusionSegLib.postprocess import adaptive_threshold, assemble_labels, count_components, largest_component
+from PerfusionSegLib.postprocess import (adaptive_threshold, assemble_labels, clean_labels, count_components,
+                                         largest_component)
 from PerfusionSegLib.qc import slice_qc, u_pp
 from PerfusionSegLib.series import SliceSeries
 
@@ -86,6 +89,29 @@ def test_assemble_labels_cleans_islands_fills_the_pool_and_keeps_the_ring():
     np.testing.assert_array_equal(labels, truth)
     raw = p.argmax(0)
     assert (raw != truth).sum() == 3
+
+
+def test_clean_labels_removes_islands_keeps_ring_pieces_and_closes_small_gaps():
+    truth = ring_labels((64, 64), (32, 34), 8, 13)
+    labels = truth.copy()
+    labels[5, 5] = 2                  # myocardium island far away
+    labels[50, 8:10] = 1              # blood-pool island
+    labels[2:4, 60:62] = 3            # RV island
+    ring = np.argwhere(truth == 2)
+    labels[tuple(ring[len(ring) // 3])] = 0     # a one-pixel hole in the wall
+    np.testing.assert_array_equal(clean_labels(labels), truth)
+    assert (labels != truth).sum() == 8
+    # a ring cut in two large pieces keeps both (the break is for QC to flag, not to hide)
+    cut = truth.copy()
+    cut[:, 30:38][cut[:, 30:38] == 2] = 0
+    cleaned = clean_labels(cut)
+    assert count_components(cleaned == 2) == 2 and (cleaned == 2).sum() == (cut == 2).sum()
+    # a cavity the pool label missed is not filled with myocardium
+    no_pool = truth.copy()
+    no_pool[no_pool == 1] = 0
+    assert ((clean_labels(no_pool) == 2) == (no_pool == 2)).all()
+    with pytest.raises(InvalidParameterError):
+        clean_labels(truth[None])
 
 
 def test_assemble_labels_gives_the_ring_interior_to_the_pool():
@@ -338,3 +364,10 @@ def test_automatic_method_takes_the_pool_first_then_the_resunet(tiny_model, tmp_
     assert resolve_method(AnalysisOptions(models_dirs=(str(resunet_dir),))) == "resunet"
     assert resolve_method(AnalysisOptions(models_dirs=(str(both), str(resunet_dir)))) == "daugs"
     assert resolve_method(AnalysisOptions(method="resunet", models_dirs=(str(both),))) == "resunet"   # as asked
+    # a ResUNet beside a pool: the ResUNet method takes the ResUNet card, never a pool member's (listed first)
+    import shutil
+    from PerfusionSegLib.analysis import _find_card
+    for f in resunet_dir.glob(tiny_model[1].stem + ".*"):
+        shutil.copy(f, both / f.name)
+    card, _ = _find_card(AnalysisOptions(method="resunet", models_dirs=(str(both),)))
+    assert Path(card).name == tiny_model[1].name
