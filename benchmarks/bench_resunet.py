@@ -34,33 +34,37 @@ ONNX_VARIANTS = ("onnxruntime", "pipeline_onnx")   # run without importing torch
 TARGET_MS, TARGET_LOAD_MS, TARGET_RSS_MB, TARGET_DICE = 150.0, 100.0, 250.0, 0.005
 
 
-def synthetic_slices(n: int, seed: int = 0, size: int = 176, frames: int = 48, with_labels: bool = False):
-    """First-pass-like inputs: RV, LV pool and a myocardial ring with their own enhancement curves, noise.
-
-    Returns (n, frames, size, size) float32, and the (n, size, size) uint8 truth labels when ``with_labels``."""
-    rng = np.random.default_rng(seed)
-    out = np.zeros((n, frames, size, size), np.float32)
-    labels = np.zeros((n, size, size), np.uint8)
+def synthetic_slice(index: int, seed: int = 0, size: int = 176, frames: int = 48):
+    """One first-pass-like input (frames, size, size) float32 and its (size, size) uint8 truth labels: RV, LV pool and
+    a myocardial ring with their own enhancement curves, noise. Slice ``index`` of stream ``seed`` is always the same,
+    so a variant can make its slices one at a time (the benchmark's own data then stays out of the peak memory)."""
+    rng = np.random.default_rng([seed, index])
     yy, xx = np.indices((size, size))
     t = np.arange(frames) * 0.5
-    for i in range(n):
-        cy, cx = size / 2 + rng.uniform(-10, 10, 2)
-        r_endo = rng.uniform(15, 25)
-        r_epi = r_endo + rng.uniform(7, 12)
-        d = np.hypot(yy - cy, xx - cx)
-        rv = np.hypot(yy - cy, (xx - cx + 1.4 * r_epi) / 0.6) < 0.7 * r_epi
-        bolus = lambda t0, w: np.clip(t - t0, 0, None) ** 2 * np.exp(-np.clip(t - t0, 0, None) / w)
-        img = np.full((frames, size, size), 0.1, np.float32)
-        img[:, rv] = bolus(3, 2)[:, None]
-        myo = (d < r_epi) & (d >= r_endo)
-        img[:, myo] = 0.3 * bolus(6, 3)[:, None] + 0.1
-        img[:, d < r_endo] = bolus(5, 2)[:, None]
-        img /= img.max()
-        out[i] = img + rng.normal(0, 0.03, img.shape)
-        labels[i][rv] = 3
-        labels[i][myo] = 2
-        labels[i][d < r_endo] = 1
-    return (out, labels) if with_labels else out
+    cy, cx = size / 2 + rng.uniform(-10, 10, 2)
+    r_endo = rng.uniform(15, 25)
+    r_epi = r_endo + rng.uniform(7, 12)
+    d = np.hypot(yy - cy, xx - cx)
+    rv = np.hypot(yy - cy, (xx - cx + 1.4 * r_epi) / 0.6) < 0.7 * r_epi
+    bolus = lambda t0, w: np.clip(t - t0, 0, None) ** 2 * np.exp(-np.clip(t - t0, 0, None) / w)  # noqa: E731
+    img = np.full((frames, size, size), 0.1, np.float32)
+    img[:, rv] = bolus(3, 2)[:, None]
+    myo = (d < r_epi) & (d >= r_endo)
+    img[:, myo] = 0.3 * bolus(6, 3)[:, None] + 0.1
+    img[:, d < r_endo] = bolus(5, 2)[:, None]
+    img /= img.max()
+    labels = np.zeros((size, size), np.uint8)
+    labels[rv] = 3
+    labels[myo] = 2
+    labels[d < r_endo] = 1
+    return (img + rng.normal(0, 0.03, img.shape)).astype(np.float32), labels
+
+
+def synthetic_slices(n: int, seed: int = 0, with_labels: bool = False):
+    """Slices 0..n-1 of stream ``seed`` stacked: (n, 48, 176, 176) float32 (and (n, 176, 176) labels)."""
+    pairs = [synthetic_slice(i, seed) for i in range(n)]
+    x, y = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+    return (x, y) if with_labels else x
 
 
 def peak_rss_mb() -> float:
@@ -133,15 +137,15 @@ def run_variant(variant: str, card: str, ref_path: str, n_slices: int, threads: 
     model = load_model(card, device="cpu")
     load_ms = (time.perf_counter() - t0) * 1000
     net = model.network
-    x_np, truth = synthetic_slices(n_slices, seed=1, with_labels=True)
-    x_all = torch.from_numpy(x_np)
+    truth = np.stack([synthetic_slice(i, seed=1)[1] for i in range(n_slices)])
     cl = variant != "fp32_eager"
     bf16 = variant.startswith("bf16") or variant in ("fp16_weights_bf16", "pipeline_bf16")
     if not cl:
         net = net.to(memory_format=torch.contiguous_format)
     note = ""
     with torch.inference_mode():
-        example = x_all[:1].contiguous(memory_format=torch.channels_last) if cl else x_all[:1]
+        first = torch.from_numpy(synthetic_slice(0, seed=1)[0][None])
+        example = first.contiguous(memory_format=torch.channels_last) if cl else first
         if variant == "jit_trace_freeze":
             net = torch.jit.freeze(torch.jit.trace(net, example))
         elif variant == "torch_compile":
@@ -152,7 +156,8 @@ def run_variant(variant: str, card: str, ref_path: str, n_slices: int, threads: 
                 return {"variant": variant, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"}
         times, cpu, labels = [], [], []
         for i in range(n_slices + 3):
-            x = x_all[i % n_slices: i % n_slices + 1]
+            x_np = synthetic_slice(i % n_slices, seed=1)[0]          # made one at a time, outside the timed part
+            x = torch.from_numpy(x_np[None])
             x = x.contiguous(memory_format=torch.channels_last) if cl else x
             t, c = time.perf_counter(), time.process_time()
             if variant.startswith("pipeline"):
@@ -160,7 +165,7 @@ def run_variant(variant: str, card: str, ref_path: str, n_slices: int, threads: 
                 # input grid, post-processing and QC (the series is the synthetic slice at 1 mm, 0.5 s frames)
                 from PerfusionSegLib.inference import segment_series
                 from PerfusionSegLib.series import SliceSeries
-                series = SliceSeries(data=x_np[i % n_slices], times=np.arange(48) * 0.5, spacing=(1.0, 1.0))
+                series = SliceSeries(data=x_np, times=np.arange(48) * 0.5, spacing=(1.0, 1.0))
                 lab = segment_series(series, model, bf16=bf16).labels
             else:
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -172,7 +177,7 @@ def run_variant(variant: str, card: str, ref_path: str, n_slices: int, threads: 
                 labels.append(lab)
     labels = np.stack(labels)
     with torch.inference_mode():   # how decisive the outputs are: share of pixels whose top-2 probabilities are close
-        p = net(x_all[:1].contiguous(memory_format=torch.channels_last) if cl else x_all[:1]).float().softmax(1)
+        p = net(example).float().softmax(1)
         top2 = p.topk(2, dim=1).values
         note = f"{float(((top2[:, 0] - top2[:, 1]) < 0.05).float().mean()) * 100:.1f}% of pixels within 0.05 of a tie"
     out = {"variant": variant, "load_ms": load_ms, "import_ms": import_ms, "ms_median": float(np.median(times)),
@@ -200,10 +205,10 @@ def run_onnx_variant(variant: str, onnx_card: str, ref_path: str, n_slices: int,
     t0 = time.perf_counter()
     model = load_onnx_model(onnx_card, threads=threads)
     load_ms = (time.perf_counter() - t0) * 1000
-    x_np, truth = synthetic_slices(n_slices, seed=1, with_labels=True)
+    truth = np.stack([synthetic_slice(i, seed=1)[1] for i in range(n_slices)])
     times, cpu, labels = [], [], []
     for i in range(n_slices + 3):
-        x = x_np[i % n_slices: i % n_slices + 1]
+        x = synthetic_slice(i % n_slices, seed=1)[0][None]
         t, c = time.perf_counter(), time.process_time()
         if variant == "pipeline_onnx":
             from PerfusionSegLib.inference import segment_series

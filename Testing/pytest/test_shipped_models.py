@@ -40,5 +40,20 @@ def test_every_shipped_model_card_loads():
     from PerfusionSegLib.networks.registry import load_model
 
     for card in sorted(MODELS.glob("*.json")):
-        model = load_model(card, device="cpu")
+        model = load_model(card, device="cpu")                  # sha256 checked, weights-only load
         assert model.card["input"] and model.card["training"] and model.card["metrics"], card.name
+        training = model.card["training"]
+        assert training["data"]["phantom_presets"] and "real_data" in training["data"] and training["machine"]
+        assert {"phantom_test", "real_data"} <= set(model.card.get("evaluation", {})), card.name
+
+
+@pytest.mark.skipif(not (MODELS / "resunet.json").is_file(), reason="no ResUNet shipped")
+def test_shipped_resunet_is_xue_configuration_and_what_the_resunet_method_takes():
+    from PerfusionSegLib.analysis import AnalysisOptions, _find_card
+    from PerfusionSegLib.networks.registry import load_model
+
+    model = load_model(MODELS / "resunet.json", device="cpu")
+    assert model.architecture == "resunet" and model.in_channels == 48
+    assert (model.input_spec["size"], model.input_spec["spacing_mm"]) == (176, 1.0)
+    card, _ = _find_card(AnalysisOptions(method="resunet", models_dirs=(str(MODELS),)))
+    assert card.endswith("resunet.json")
