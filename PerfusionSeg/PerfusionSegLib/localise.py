@@ -68,6 +68,7 @@ SWAP_RATIO = 1.5        # the "RV" must look this much more like an LV than the 
 RING_MM = (2.0, 8.0)    # band around a pool candidate where the LV's myocardium is looked for
 WALL_GAP_MM = 3.0       # an RV and an LV pool are at least a septum apart; closer, the "LV" is a pool's own wall
 MAX_LAG_S = 20.0        # RV-to-LV arrival delay is a few heartbeats (pulmonary transit); longer is recirculation
+RV_CANDIDATES = 8       # strongest early regions paired with LVs: a thin apical RV can rank below the aorta, gut, liver
 
 
 @dataclass
@@ -255,7 +256,7 @@ def _disk(radius: int) -> np.ndarray:
     return (r[:, None] ** 2 + r[None, :] ** 2) <= radius ** 2
 
 
-def _rv_candidates(cand, peak, arrival, cnr, min_area, mm, dt, keep=4):
+def _rv_candidates(cand, peak, arrival, cnr, min_area, mm, dt, keep=RV_CANDIDATES):
     """Possible RV blood pools, strongest first: the earliest-arriving part of each thick candidate region.
 
     RV and LV often touch in the candidate mask (thin septum, partial volume), so each region is cut to the pixels
