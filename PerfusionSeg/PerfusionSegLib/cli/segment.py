@@ -67,15 +67,15 @@ def run(args: argparse.Namespace) -> int:
     model = None
     if args.runtime == "onnx" and args.method != "resunet":
         raise InvalidParameterError("--runtime onnx runs the ResUNet: give --method resunet (or --model)")
+    name = (_default_resunet() if args.model is None else args.model) if args.method == "resunet" else None
     if args.method == "resunet" and args.runtime == "onnx":
         from ..networks.onnx_model import load_onnx_model
         from ..networks.registry import resolve_card
-        name = _default_resunet() if args.model is None else args.model
         model = load_onnx_model(name if str(name).endswith(".onnx.json") else resolve_card(name))
     elif args.method == "resunet":
         from ..errors import UnreadableFileError
         try:
-            model = load_model(_default_resunet() if args.model is None else args.model, device=args.device)
+            model = load_model(name, device=args.device)
         except UnreadableFileError as exc:
             if args.model is not None or "no model named" not in str(exc):
                 raise

@@ -60,8 +60,8 @@ def export_onnx(card_path: Union[str, os.PathLike], out_dir: Optional[Union[str,
     card_path = Path(model.card_path)
     out_dir = Path(out_dir) if out_dir is not None else card_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = card_path.name[: -len(".json")]
-    onnx_path = out_dir / f"{stem}.onnx"
+    path = out_dir / onnx_card_path(card_path).name          # <name>.onnx.json beside <name>.onnx
+    onnx_path = path.with_name(path.name[: -len(".json")])
     spec = model.input_spec
     size = int(spec.get("size") or 64)
     network = model.network.float().eval()
@@ -74,12 +74,11 @@ def export_onnx(card_path: Union[str, os.PathLike], out_dir: Optional[Union[str,
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(network, (dummy,), str(tmp), input_names=["frames"], output_names=["logits"],
                           dynamic_axes={"frames": axes, "logits": axes}, opset_version=int(opset), dynamo=False)
-    card = {"format": ONNX_CARD_FORMAT, "name": model.name or stem, "onnx": onnx_path.name,
+    card = {"format": ONNX_CARD_FORMAT, "name": model.name or onnx_path.stem, "onnx": onnx_path.name,
             "onnx_sha256": sha256_of(onnx_path), "opset": int(opset),
             "source_card": os.path.relpath(card_path, out_dir), "source_weights_sha256": model.card["weights_sha256"],
             "architecture": model.architecture, "config": dict(model.card["config"]), "input": spec,
             "classes": model.card.get("classes"), "torch_version": torch.__version__}
-    path = out_dir / f"{stem}.onnx.json"
     write_text_atomic(path, json.dumps(card, indent=2) + "\n")
     return path
 
