@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from PerfusionSegLib.errors import InvalidParameterError
-from PerfusionSegLib.networks.inference_copy import inference_copy, uses_channels_last
+from PerfusionSegLib.networks.inference_copy import bf16_copy, inference_copy, uses_channels_last
 
 from .patching import PatchAccumulator, _margins, extract_patches, make_grid
 from .umap import (MYOCARDIUM_LABEL, PATCH_SIZE, SEG_STRIDE, UMAP_MARGIN, UMAP_STRIDE, MemberEvaluation,
@@ -84,13 +84,15 @@ def members_of(pool_or_members) -> Tuple[List[str], list, Optional[str]]:
 
 
 class _Predictor:
-    """Softmax probabilities of one network for a batch of patches, on the network's device, optional bf16 autocast.
+    """Softmax probabilities of one network for a batch of patches, on the network's device, optional bf16.
 
     fp32 runs an inference copy of the member with BatchNorm folded into the convolutions (exact up to rounding,
-    12-14 % less time per patch); the member's own network is not modified. bf16 runs the member itself under
-    autocast: folded weights rounded to bf16 moved near-tied U_pp rankings (on 3 phantom series of the agreement
-    benchmark the fast bf16 search then chose members 5.2 / 20.6 / 0.5 % worse in stride-2 U_pp than the exhaustive
-    choice; unfolded bf16 chose as fp32 did, 4.0 / 0 / 0 %; docs/daugs.md)."""
+    12-14 % less time per patch); the member's own network is not modified. bf16 computes what bf16 autocast
+    computes with the unfolded member: folded weights rounded to bf16 moved near-tied U_pp rankings (on 3 phantom
+    series of the agreement benchmark the fast bf16 search then chose members 5.2 / 20.6 / 0.5 % worse in stride-2
+    U_pp than the exhaustive choice; unfolded bf16 chose as fp32 did, 4.0 / 0 / 0 %; docs/daugs.md). It runs a copy
+    with bf16 convolution weights (``bf16_copy``: the same numbers, bit for bit, without casting the weights on every
+    call) where the member's layers allow it, else autocast itself."""
 
     def __init__(self, member, bf16: bool = False):
         original = _network_of(member)
@@ -98,13 +100,18 @@ class _Predictor:
         self.bf16 = bool(bf16)
         # conv nets run faster channels-last on CPU (oneDNN; the registry loads them so); keep what the net uses
         self.channels_last = uses_channels_last(original)
-        self.network = original.eval() if self.bf16 else inference_copy(original)
+        copy16 = bf16_copy(original) if self.bf16 else None
+        self.bf16_input = copy16 is not None
+        self.network = copy16 if self.bf16_input else original.eval() if self.bf16 else inference_copy(original)
 
     def __call__(self, patches: torch.Tensor) -> torch.Tensor:
         x = patches.to(self.device, non_blocking=True)
+        if self.bf16_input:
+            x = x.to(torch.bfloat16)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        autocast = self.bf16 and not self.bf16_input
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
             logits = self.network(x)
         return logits.float().softmax(dim=1).cpu()
 

@@ -241,3 +241,31 @@ def test_inference_copy_folds_only_conv_then_batch_norm_in_the_resunet():
     x = torch.rand(1, 48, 32, 32)
     with torch.inference_mode():
         assert torch.allclose(net(x), fast(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("config", ["default", "daugs2024"])
+def test_bf16_copy_computes_what_autocast_computes_bit_for_bit(config):
+    from PerfusionSegLib.networks.inference_copy import bf16_copy
+    torch.manual_seed(1)
+    net = _with_running_statistics(build_network("unet2d", config=config)).to(memory_format=torch.channels_last)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    fast = bf16_copy(net)
+    assert fast is not None
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())     # the original is untouched
+    bn = next(m for m in fast.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert bn.running_var.dtype == torch.float32                                    # statistics stay fp32
+    x = torch.rand(3, 30, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ref = net(x)
+        out = fast(x.to(torch.bfloat16))
+    assert out.dtype == ref.dtype == torch.bfloat16
+    assert torch.equal(out, ref)
+
+
+def test_bf16_copy_declines_layers_it_does_not_know():
+    from PerfusionSegLib.networks.inference_copy import bf16_copy
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Upsample(scale_factor=2, mode="bilinear"))
+    assert bf16_copy(net) is None
+    assert bf16_copy(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())) is not None
+    assert bf16_copy(build_network("unet2d", config="tiny")) is None     # bilinear up-sampling: autocast decides

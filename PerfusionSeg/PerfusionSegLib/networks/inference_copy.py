@@ -8,6 +8,11 @@ weights rounded to bf16 moved near-tied U_pp rankings (docs/daugs.md), so bf16 r
 
 Pre-activation residual blocks (BN -> ReLU -> conv, the ResUNet) have no convolution directly before their BN, so
 nothing is folded there; only the ResUNet's final conv -> BN pair is. The caller's network is never modified.
+
+``bf16_copy`` is the bf16 counterpart: convolution weights stored in bf16 once, BatchNorm left in fp32, fed bf16
+input. It computes exactly what bf16 autocast computes with the original (autocast casts each convolution's input
+and weights to bf16 on every call and runs BatchNorm on the bf16 output with fp32 statistics; tested bit for bit),
+without re-casting the weights on every call: 7-28 % less time per patch in a noisy 2-core measurement (docs/daugs.md).
 """
 from __future__ import annotations
 
@@ -45,6 +50,33 @@ def uses_channels_last(network: nn.Module) -> bool:
     """Whether the network's 4-D weights are laid out channels-last (the registry loads networks so)."""
     return any(p.ndim == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
                for p in network.parameters())
+
+
+# leaf modules whose bf16 copy computes what bf16 autocast computes (anything else: no copy, use autocast)
+_BF16_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_BF16_SAME = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.ReLU, nn.LeakyReLU, nn.MaxPool1d, nn.MaxPool2d,
+              nn.MaxPool3d, nn.Identity, nn.Dropout, nn.Dropout2d)
+
+
+def bf16_copy(network: nn.Module) -> nn.Module | None:
+    """An eval-mode deep copy with convolution weights and biases in bf16 and everything else as it was, to be fed
+    bf16 input: the same numbers as running ``network`` under bf16 autocast, without casting the weights on every
+    call. ``None`` when the network holds a leaf module outside the known set (its autocast behaviour is not known
+    here); the caller then uses autocast. Layers called functionally in ``forward`` (``torch.cat``, pooling) behave
+    alike either way for the networks of this package (tests compare them bit for bit)."""
+    leaves = [m for m in network.modules() if not list(m.children())]
+    if not leaves or not all(isinstance(m, _BF16_CONVS + _BF16_SAME) for m in leaves):
+        return None
+    net = copy.deepcopy(network).eval()
+    channels_last = uses_channels_last(network)
+    for m in net.modules():
+        if isinstance(m, _BF16_CONVS):
+            m.to(torch.bfloat16)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
 
 
 def inference_copy(network: nn.Module) -> nn.Module:
