@@ -152,6 +152,8 @@ def run_daugs(series, pool=None, *, umap_stride: int = UMAP_STRIDE, seg_stride: 
     ``fast``: staged search (:mod:`selection`); ``fast=False`` runs every member at ``umap_stride``.
     ``keep_member_labels``: also return every member's labels on the input grid (every member is then segmented
     at ``seg_stride``, not only the candidates of the fast search).
+    ``center_yx``: the LV centre (input pixels; a list, one per slice, for several slices); by default each slice is
+    located automatically, the slices of a :class:`Study` together (``localise.locate_lv_study``).
     ``uncertainty_threshold``: U_pp above which the ``high_uncertainty`` flag is raised; "pool" (default): the pool's
     calibrated value (none: no flag); None: never.
     ``input_overrides``: preparation keywords over the pool's (e.g. ``{"scale": 1.0}`` for series that are already
@@ -160,7 +162,7 @@ def run_daugs(series, pool=None, *, umap_stride: int = UMAP_STRIDE, seg_stride: 
     islands, small myocardial islands, small enclosed gaps); the U-map and the member choice are not affected, and
     ``network_labels`` stay raw.
     """
-    from PerfusionSegLib.series import SliceSeries
+    from PerfusionSegLib.series import SliceSeries, Study
 
     from .selection import DEFAULT_SCHEDULE, RANK_STRIDE, select_members
 
@@ -183,7 +185,14 @@ def run_daugs(series, pool=None, *, umap_stride: int = UMAP_STRIDE, seg_stride: 
         raise InvalidParameterError(f"unknown DAUGS input override(s) {unknown}; known: {sorted(DAUGS_INPUT)}, dt")
     overrides.update(input_overrides or {})
     patch = int(overrides.pop("patch", PATCH_SIZE))
-    centres = center_yx if (center_yx is not None and not single) else [center_yx] * len(seq)
+    if center_yx is not None:
+        centres = center_yx if not single else [center_yx]
+    elif isinstance(series, Study) and len(seq) > 1:
+        # the slices of one study cut the same LV: a slice whose LV disagrees with the others is located again
+        from PerfusionSegLib.localise import locate_lv_study
+        centres = [None if loc is None else loc.center_yx for loc in locate_lv_study(seq)]
+    else:
+        centres = [None] * len(seq)
     prepared = [prepare_daugs_input(s, center_yx=c, **overrides) for s, c in zip(seq, centres)]
     selections = select_members(pool_obj, [x for x, _ in prepared], umap_stride=int(umap_stride),
                                 seg_stride=int(seg_stride), fast=fast,

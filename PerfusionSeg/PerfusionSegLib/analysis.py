@@ -122,7 +122,8 @@ def resolve_method(options: AnalysisOptions) -> str:
 
 
 def make_segmenter(options: AnalysisOptions):
-    """A function series -> (labels, extras dict); the model or pool is loaded once here."""
+    """A function (series, center_yx=None) -> (labels, extras dict); the model or pool is loaded once here.
+    ``center_yx``: the LV centre (input pixels), else the series is located on its own."""
     if resolve_method(options) == "resunet":
         from PerfusionSegLib.inference import segment_series
         from PerfusionSegLib.networks.registry import load_model
@@ -130,15 +131,15 @@ def make_segmenter(options: AnalysisOptions):
         card, folder = _find_card(options)
         model = load_model(card, device=options.device, models_dir=folder)
 
-        def segment(series):
-            res = segment_series(series, model)
+        def segment(series, center_yx=None):
+            res = segment_series(series, model, center_yx=center_yx)
             return res.labels, {"qc": dict(res.qc or {}), "model": model.name}
         return segment
 
     pool = load_daugs_pool(options)
 
-    def segment(series):
-        res = run_daugs_on(series, pool, options)
+    def segment(series, center_yx=None):
+        res = run_daugs_on(series, pool, options, center_yx=center_yx)
         return res.labels, {"umap": res.umap, "daugs": res, "qc": dict(res.qc or {})}
     return segment
 
@@ -177,7 +178,7 @@ def load_daugs_pool(options: AnalysisOptions):
     return load_pool(resolve_daugs_pool(options), device=options.device)
 
 
-def run_daugs_on(series, pool, options: AnalysisOptions, keep_member_labels: bool = False):
+def run_daugs_on(series, pool, options: AnalysisOptions, keep_member_labels: bool = False, center_yx=None):
     """``keep_member_labels``: segment every member too (the DAUGS panel shows any member's result without running
     the pool again); the whole-study analysis needs only the chosen member's, which the staged search gives."""
     from PerfusionDAUGSLib.daugs import run_daugs
@@ -187,7 +188,8 @@ def run_daugs_on(series, pool, options: AnalysisOptions, keep_member_labels: boo
     # last stage, but would still run its finer default stages first)
     schedule = tuple(stage for stage in DEFAULT_SCHEDULE if int(stage[0]) >= int(options.umap_stride))
     return run_daugs(series, pool, umap_stride=options.umap_stride, seg_stride=options.seg_stride,
-                     device=options.device, keep_member_labels=keep_member_labels, schedule=schedule)
+                     device=options.device, keep_member_labels=keep_member_labels, schedule=schedule,
+                     center_yx=center_yx)
 
 
 def run_daugs_series(context, series, options: AnalysisOptions):
@@ -293,6 +295,21 @@ def write_bullseye(stats: dict, output_dir: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------------------
+def _study_centres(studies: dict, labels_override: dict) -> dict:
+    """{(condition, level): LV centre} from each study's slices together (``localise.locate_lv_study``: a slice
+    whose LV disagrees with the other slices' is located again); slices with given labels are not needed."""
+    from PerfusionSegLib.localise import locate_lv_study
+
+    out = {}
+    for condition, study in studies.items():
+        if study is None or all((condition, s.level) in labels_override for s in study.slices):
+            continue
+        for s, loc in zip(study.slices, locate_lv_study(study.slices)):
+            if loc is not None:
+                out[(condition, s.level)] = loc.center_yx
+    return out
+
+
 def analyse_studies(context, studies: dict, options: AnalysisOptions, labels_override: Optional[dict] = None
                     ) -> AnalysisResult:
     """Run the panel's analysis. studies: {"stress"|"rest": Study}; labels_override: {(condition, level): labels}
@@ -308,6 +325,7 @@ def analyse_studies(context, studies: dict, options: AnalysisOptions, labels_ove
     steps = len(todo) * (2 if options.compute_mbf else 1) + 1
     step = 0
     segmenter = None
+    centres = _study_centres(studies, labels_override)
     result = AnalysisResult(slices=[])
     for condition, series in todo:
         context.check()
@@ -319,7 +337,7 @@ def analyse_studies(context, studies: dict, options: AnalysisOptions, labels_ove
         else:
             if segmenter is None:
                 segmenter = make_segmenter(options)
-            labels, extras = segmenter(series)
+            labels, extras = segmenter(series, centres.get(key))
         item = SliceAnalysis(condition=condition, level=series.level, source=series.source, labels=labels,
                              umap=extras.get("umap"), daugs=extras.get("daugs"), qc=extras.get("qc", {}))
         try:

@@ -51,7 +51,7 @@ from scipy.interpolate import interp1d
 from .errors import InvalidParameterError, InvalidSeriesError
 from .series import SliceSeries
 
-__all__ = ["LVLocation", "locate_lv"]
+__all__ = ["LVLocation", "locate_lv", "locate_lv_study"]
 
 FIRST_PASS_S = 20.0     # the first pass ends this long after the brightest (RV) peak
 CNR_MIN = 5.0           # peak enhancement over the curve's own noise below which a pixel is not trusted
@@ -69,6 +69,8 @@ RING_MM = (2.0, 8.0)    # band around a pool candidate where the LV's myocardium
 WALL_GAP_MM = 3.0       # an RV and an LV pool are at least a septum apart; closer, the "LV" is a pool's own wall
 MAX_LAG_S = 20.0        # RV-to-LV arrival delay is a few heartbeats (pulmonary transit); longer is recirculation
 RV_CANDIDATES = 8       # strongest early regions paired with LVs: a thin apical RV can rank below the aorta, gut, liver
+PRIOR_SIGMA_MM = 15.0   # spread of the LV position expected from a study's other slices (in-plane)
+STUDY_AGREE_MM = 20.0   # in-plane distance within which two slices' LV centres agree (same LV cavity)
 
 
 @dataclass
@@ -165,11 +167,15 @@ def _interior_point(mask: np.ndarray) -> tuple:
 
 
 def locate_lv(series: Union[SliceSeries, np.ndarray], spacing: Optional[Sequence[float]] = None,
-              times: Optional[Sequence[float]] = None) -> LVLocation:
+              times: Optional[Sequence[float]] = None, prior_yx: Optional[Sequence[float]] = None,
+              prior_sigma_mm: float = PRIOR_SIGMA_MM) -> LVLocation:
     """Find the LV blood pool centre of a first-pass series (SliceSeries or (T, Y, X) array).
 
     ``spacing`` (dy, dx) mm and ``times`` (s) are used for arrays; without times one frame per second is assumed,
     without spacing the size limits are relative to the field of view.
+    ``prior_yx``: where the LV is expected (input pixels; e.g. from the study's other slices, see
+    :func:`locate_lv_study`): each LV candidate's score is weighed by a Gaussian of its distance to it
+    (``prior_sigma_mm``).
     """
     data, times, spacing = _as_array_and_times(series, times, spacing)
     data, times = _regular_grid(np.asarray(data, dtype=np.float32), np.asarray(times, dtype=np.float64))
@@ -223,20 +229,36 @@ def locate_lv(series: Union[SliceSeries, np.ndarray], spacing: Optional[Sequence
     scales = (px_mm,) if px_mm else tuple(fov / diag for fov in (350.0, 175.0, 90.0))
     best = None
     for mm in scales:
+        prior = None
+        if prior_yx is not None:
+            py, px = (float(v) for v in prior_yx)
+            if not (np.isfinite(py) and np.isfinite(px)) or not prior_sigma_mm > 0:
+                raise InvalidParameterError(f"prior_yx must be finite and prior_sigma_mm > 0, got {prior_yx!r}, "
+                                            f"{prior_sigma_mm!r}")
+            yy, xx = np.indices((ny, nx), dtype=np.float64)
+            prior = np.exp(-0.5 * (np.hypot(yy - py, xx - px) * mm / float(prior_sigma_mm)) ** 2)
         min_area_px = max(4.0, 60.0 / mm ** 2)                    # ~9 mm diameter
         for level in (0.45, 0.35, 0.55, 0.25):
-            result = _search(level, peak, arrival, reliable, cnr, ref, min_area_px, mm, dt)
+            result = _search(level, peak, arrival, reliable, cnr, ref, min_area_px, mm, dt, prior)
             if result is not None and (best is None or result["score"] > best["score"]):
                 best = result
             if result is not None and result["confidence"] >= 0.6:
                 break
+    center = None if best is None else _interior_point(_blood_core(best["lv_mask"], peak, arrival, dt))
+    if prior_yx is not None and (center is None or float(np.hypot(center[0] - prior_yx[0], center[1] - prior_yx[1]))
+                                 * (px_mm or 1.0) > 2.0 * prior_sigma_mm):
+        # no candidate near where the study's other slices put the LV: take the bright pool found there
+        pool = _pool_at(prior_yx, peak, reliable, px_mm or 1.0, prior_sigma_mm)
+        if pool is not None:
+            best = {"confidence": 0.3, "lv_mask": pool, "rv_mask": None, "candidates": pool, "level": None,
+                    "score": 0.0, "method": "the enhancing pool at the expected (prior) position"}
+            center = _interior_point(_blood_core(pool, peak, arrival, dt))
     if best is None:
         raise InvalidSeriesError("could not find a blood pool that enhances during the first pass")
     lv_mask, rv_mask = best["lv_mask"], best["rv_mask"]
-    center = _interior_point(_blood_core(lv_mask, peak, arrival, dt))
     rv_center = _interior_point(rv_mask) if rv_mask is not None else None
-    method = ("first-pass arrival timing (RV early, LV late)" if rv_mask is not None
-              else "first-pass enhancement (no RV found)")
+    method = best.get("method") or ("first-pass arrival timing (RV early, LV late)" if rv_mask is not None
+                                    else "first-pass enhancement (no RV found)")
     return LVLocation(center_yx=center, confidence=round(float(best["confidence"]), 3), rv_center_yx=rv_center,
                       method=method, lv_mask=lv_mask,
                       maps={"arrival": arrival, "peak": peak, "cnr": cnr, "rv_mask": rv_mask,
@@ -366,7 +388,46 @@ def _score_lv(late, peak, local_ref, ref, min_area, dist_rv, rv_mask=None):
     return scores
 
 
-def _search(level, peak, arrival, reliable, cnr, ref, min_area, mm, dt):
+def _pool_at(prior_yx, peak, reliable, mm, sigma_mm):
+    """The enhancing pool at an expected LV position: the trusted component holding the prior point (or the nearest
+    one within ``sigma_mm``) at the highest of a few cuts of the local peak enhancement where it is at least ~9 mm
+    across. None when there is none."""
+    ny, nx = peak.shape
+    py, px = int(round(prior_yx[0])), int(round(prior_yx[1]))
+    if not (0 <= py < ny and 0 <= px < nx):
+        return None
+    yy, xx = np.indices(peak.shape)
+    near = np.hypot(yy - py, xx - px) * mm <= 2.0 * sigma_mm
+    local = float(np.percentile(peak[near & reliable], 99.0)) if (near & reliable).any() else 0.0
+    if local <= 0:
+        return None
+    min_area = max(4.0, 60.0 / mm ** 2)
+    for frac in (0.8, 0.65, 0.5):
+        lab, n = ndimage.label(reliable & (peak > frac * local))
+        if n == 0:
+            continue
+        dist, (iy, ix) = ndimage.distance_transform_edt(lab == 0, return_indices=True)
+        if dist[py, px] * mm > sigma_mm:
+            continue
+        comp = lab == lab[iy[py, px], ix[py, px]]
+        if comp.sum() >= min_area:
+            return comp
+    return None
+
+
+def _weigh_by_prior(scores, prior):
+    """LV candidates weighed by the prior at their centroid (a study's other slices say where the LV is)."""
+    if prior is None or not scores:
+        return scores
+    out = []
+    for sc, m, rnd in scores:
+        cy, cx = (int(round(v)) for v in ndimage.center_of_mass(m))
+        out.append((sc * float(prior[cy, cx]), m, rnd))
+    out.sort(key=lambda x: -x[0])
+    return out
+
+
+def _search(level, peak, arrival, reliable, cnr, ref, min_area, mm, dt, prior=None):
     """RV then LV at one enhancement threshold (fraction of the brightest enhancement)."""
     cand = (peak > level * ref) & reliable
     cand = ndimage.binary_opening(cand) if cand.sum() > 50 else cand
@@ -376,7 +437,7 @@ def _search(level, peak, arrival, reliable, cnr, ref, min_area, mm, dt):
     rvs = _rv_candidates(cand, peak, arrival, cnr, min_area, mm, dt)
     first_arrival = min((float(np.median(arrival[m])) for _, m in rvs), default=0.0)
     for rv_weight, rv_mask in rvs:
-        lvs = _lv_beside(rv_mask, peak, arrival, reliable, ref, min_area, mm, dt)
+        lvs = _weigh_by_prior(_lv_beside(rv_mask, peak, arrival, reliable, ref, min_area, mm, dt), prior)
         if not lvs:
             continue
         # the RV is the first strong pool to light up: a candidate arriving a lag step after another is likely the
@@ -389,7 +450,8 @@ def _search(level, peak, arrival, reliable, cnr, ref, min_area, mm, dt):
         score, rv_mask, lvs = best
     else:  # no RV / LV pair: the roundest bright late region, with lower confidence
         rv_mask = None
-        lvs = _score_lv(cand & (arrival > _otsu(arrival[cand])), peak, ref, ref, min_area, None)
+        lvs = _weigh_by_prior(_score_lv(cand & (arrival > _otsu(arrival[cand])), peak, ref, ref, min_area, None),
+                              prior)
         if not lvs:
             return None
         score = NO_RV_FACTOR * lvs[0][0]
@@ -420,3 +482,71 @@ def _search(level, peak, arrival, reliable, cnr, ref, min_area, mm, dt):
     confidence = (0.4 * separation + 0.35 * margin + 0.25 * roundness) * (1.0 if rv_mask is not None else 0.6)
     return {"confidence": float(np.clip(confidence, 0, 1)), "lv_mask": lv_mask, "rv_mask": rv_mask,
             "candidates": cand, "level": level, "score": float(score)}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# a study: the slices of one LV, so their centres should agree in-plane
+# --------------------------------------------------------------------------------------------------------------------
+def _plane_mapping(series: SliceSeries):
+    """(pixel (y, x) -> patient mm, patient mm -> pixel (y, x) projected onto the slice plane), or None without an
+    affine."""
+    a = None if series.affine is None else np.asarray(series.affine, dtype=np.float64)
+    if a is None or a.shape != (4, 4) or not np.all(np.isfinite(a)):
+        return None
+    axes = a[:3, :2]                                   # columns: mm per column step (x), mm per row step (y)
+    if np.linalg.matrix_rank(axes) < 2:
+        return None
+
+    def to_patient(yx):
+        return a[:3, 3] + axes @ np.array([yx[1], yx[0]], dtype=np.float64)
+
+    def to_pixel(p):
+        xy = np.linalg.lstsq(axes, np.asarray(p, dtype=np.float64) - a[:3, 3], rcond=None)[0]
+        return float(xy[1]), float(xy[0])
+    return to_patient, to_pixel
+
+
+def locate_lv_study(slices: Sequence[SliceSeries], agree_mm: float = STUDY_AGREE_MM,
+                    prior_sigma_mm: float = PRIOR_SIGMA_MM) -> list:
+    """LV locations of the slices of one study (a :class:`~PerfusionSegLib.series.Study` or a list of SliceSeries);
+    ``None`` for a slice where :func:`locate_lv` finds nothing.
+
+    Each slice is first located on its own. The slices cut the same LV, so their centres lie within a few
+    millimetres of each other in-plane. With three or more slices, a slice whose centre is more than ``agree_mm``
+    from the centre the others agree on (each of them within ``agree_mm`` of their mean), and whose own confidence
+    is below theirs, is located again with that centre as a prior (:func:`locate_lv` ``prior_yx``); the new answer
+    is kept when it lands within ``agree_mm`` of the prior, else the first one stays. Needs each slice's affine
+    (patient geometry); without it every slice keeps its own answer.
+    """
+    seq = list(getattr(slices, "slices", slices))
+    if not all(isinstance(s, SliceSeries) for s in seq):
+        raise InvalidParameterError("locate_lv_study needs SliceSeries (or a Study)")
+    locs = []
+    for s in seq:
+        try:
+            locs.append(locate_lv(s))
+        except InvalidSeriesError:
+            locs.append(None)
+    maps = [_plane_mapping(s) for s in seq]
+    found = [i for i, loc in enumerate(locs) if loc is not None]
+    if len(found) < 3 or any(maps[i] is None for i in found):
+        return locs
+    first = list(locs)
+    for i in found:
+        s = seq[i]
+        to_pixel = maps[i][1]
+        mm = float(np.mean(s.spacing))
+        others = [j for j in found if j != i]
+        pts = np.array([to_pixel(maps[j][0](first[j].center_yx)) for j in others])   # in slice i's pixels
+        mean = pts.mean(axis=0)
+        if np.any(np.hypot(*(pts - mean).T) * mm > agree_mm):
+            continue                                   # the others do not agree among themselves
+        if float(np.hypot(*(np.asarray(first[i].center_yx) - mean))) * mm <= agree_mm:
+            continue                                   # this slice agrees with them
+        if first[i].confidence >= min(first[j].confidence for j in others):
+            continue                                   # it is surer of itself than they are
+        again = locate_lv(s, prior_yx=tuple(mean), prior_sigma_mm=prior_sigma_mm)
+        if float(np.hypot(*(np.asarray(again.center_yx) - mean))) * mm <= agree_mm:
+            again.method += "; re-located with the study's other slices as a prior"
+            locs[i] = again
+    return locs
