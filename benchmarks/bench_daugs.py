@@ -118,16 +118,20 @@ def validation_dice(members, images, labels):
 
 
 def per_patch_ms(config: str, bf16: bool, batch: int = 64, repeats: int = 3) -> float:
+    """Wall and CPU ms per patch of one member as the selection runs it (``selection._Predictor``: fp32 with
+    BatchNorm folded, bf16 as a bf16-weight copy or autocast), softmax included."""
+    from PerfusionDAUGSLib.selection import _Predictor
+
     net = build_unet(config).eval().to(memory_format=torch.channels_last)
+    predict = _Predictor(net, bf16=bf16)
     x = torch.rand(batch, 30, 64, 64).contiguous(memory_format=torch.channels_last)
     best = best_cpu = float("inf")
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        net(x[:8])
-        for _ in range(repeats):
-            t, c = time.perf_counter(), time.process_time()
-            net(x).float().softmax(1)
-            best = min(best, time.perf_counter() - t)
-            best_cpu = min(best_cpu, time.process_time() - c)
+    predict(x[:8])
+    for _ in range(repeats):
+        t, c = time.perf_counter(), time.process_time()
+        predict(x)
+        best = min(best, time.perf_counter() - t)
+        best_cpu = min(best_cpu, time.process_time() - c)
     return 1000 * best / batch, 1000 * best_cpu / batch
 
 
@@ -135,6 +139,10 @@ STRIDES = (32, 16, 8, 4, 2)
 # label -> (stride every member starts at, stages); a start at 32 runs only its 9 windows (no full segmentation)
 SCHEDULES = {
     "current default (selection.RANK_STRIDE, DEFAULT_SCHEDULE)": None,      # filled in from selection at run time
+    "default until session 6: 32, ((16,12,150%),(8,6,100%),(4,4,25%),(2,2,10%))":
+        (32, ((16, 12, 1.5), (8, 6, 1.0), (4, 4, 0.25), (2, 2, 0.10))),
+    "32, ((16,12,150%),(8,10,100%),(4,3,25%),(2,2,10%)) (chosen on series 0-19, failed on 20-39)":
+        (32, ((16, 12, 1.5), (8, 10, 1.0), (4, 3, 0.25), (2, 2, 0.10))),
     "previous default: 16, ((4,4,50%),(2,2,10%))": (16, ((4, 4, 0.50), (2, 2, 0.10))),
     "16, ((4,4,25%),(2,2,5%))": (16, ((4, 4, 0.25), (2, 2, 0.05))),
     "16, ((8,8,50%),(4,4,20%),(2,2,5%))": (16, ((8, 8, 0.50), (4, 4, 0.20), (2, 2, 0.05))),
@@ -146,43 +154,59 @@ SCHEDULES = {
     "32, ((16,16,200%),(8,8,100%),(4,4,25%),(2,2,10%))": (32, ((16, 16, 2.0), (8, 8, 1.0), (4, 4, 0.25), (2, 2, 0.10))),
     "32, ((4,4,50%),(2,2,10%))": (32, ((4, 4, 0.50), (2, 2, 0.10))),
 }
-NEW_PATCHES = {32: 9, 16: 25 - 9, 8: 81 - 25, 4: 289 - 81, 2: 1089 - 289}   # windows a stride adds to the coarser
+# windows every member has run once it reached a key: plain grids (32, 16, 8, 4), the phase-cycled stride-8 grid
+# added to the stride-16 windows ("8p", patching.phased_offsets) and the stride-4 grid added to those ("4p")
+CUMULATIVE = {"32": 9, "16": 25, "8": 81, "4": 289, "8p": 97, "4p": 345, "2": 1089}
 
 
 def rank(upp: dict, utot: dict, names, order):
     return sorted(names, key=lambda n: (upp[n], utot[n], order[n]))
 
 
+def stage_key(stride: int, phased: bool, after_phased: bool) -> str:
+    if stride == 2:
+        return "2"                     # the whole stride-2 grid holds every other window
+    return f"{stride}p" if (phased or after_phased) else str(stride)
+
+
 def simulate_fast(rec: dict, schedule) -> tuple:
-    """The fast path's choice and patch forwards from U_pp/U_tot per stride of every member (same rules as
-    selection.select_members: the best <= k within (1 + tol) of the best go on; ties by U_tot, then pool order)."""
+    """The fast path's choice and patch forwards from U_pp/U_tot of every member at each stage (same rules as
+    selection.select_members: the best <= k within (1 + tol) of the best go on; ties by U_tot, then pool order).
+    ``schedule``: (start stride, stages), a stage (stride, k, tol[, "phased"]). (None, None) when the record lacks a
+    stage of this schedule (records made before phased stages were measured)."""
     names = rec["names"]
     order = {n: i for i, n in enumerate(names)}
-    start, schedule = schedule
-    cur_upp, cur_utot = dict(rec["upp"][str(start)]), dict(rec["utot"][str(start)])
-    seen = {n: {s_ for s_ in STRIDES if s_ >= start} for n in names}
+    start, stages = schedule
+    keys, after = [str(start)], False
+    for st in stages:
+        phased = len(st) == 4 and st[3] in ("phased", True)
+        keys.append(stage_key(int(st[0]), phased, after))
+        after = after or phased
+    if any(k not in rec["upp"] for k in keys):
+        return None, None
+    cur_upp, cur_utot = dict(rec["upp"][keys[0]]), dict(rec["utot"][keys[0]])
+    deepest = {n: keys[0] for n in names}
     candidates = list(names)
-    for stride, k, tol in schedule:
+    for key, (stride, k, tol, *_) in zip(keys[1:], stages):
         ranked = rank(cur_upp, cur_utot, candidates, order)
         best = cur_upp[ranked[0]]
         candidates = [n for n in ranked[:max(1, k)]
                       if n == ranked[0] or (np.isfinite(best) and cur_upp[n] <= best * (1 + tol))]
         for n in candidates:
-            for s_ in STRIDES:
-                if s_ >= stride:
-                    seen[n].add(s_)
-            cur_upp[n], cur_utot[n] = rec["upp"][str(stride)][n], rec["utot"][str(stride)][n]
+            deepest[n] = key
+            cur_upp[n], cur_utot[n] = rec["upp"][key][n], rec["utot"][key][n]
     chosen = rank(cur_upp, cur_utot, candidates, order)[0]
+    forwards = sum(CUMULATIVE[deepest[n]] for n in names)
     est = rec.get("established")
-    if est in seen and 16 not in seen[est]:      # the established member's segmentation is completed at 16
-        seen[est].add(16)
-    forwards = sum(NEW_PATCHES[s_] for n in names for s_ in seen[n])
+    if est in deepest and CUMULATIVE[deepest[est]] < CUMULATIVE["16"]:   # its segmentation is completed at 16
+        forwards += CUMULATIVE["16"] - CUMULATIVE[deepest[est]]
     return chosen, forwards
 
 
 def record_series(pool, image, truth, established) -> dict:
     """Every member at strides 32 -> 16 -> 8 -> 4 -> 2 (incremental: 1089 patch forwards per member in all; at 32
-    only its own 9 windows, as the fast path's ranking stage runs it)."""
+    only its own 9 windows, as the fast path's ranking stage runs it), and on a second evaluator along the phased
+    path 32 -> 16 -> 8p (phase-cycled stride-8 windows) -> 4p (plus the stride-4 grid): 345 more per member."""
     from PerfusionDAUGSLib.selection import PoolEvaluator
 
     ev = PoolEvaluator(pool, [image])
@@ -196,6 +220,15 @@ def record_series(pool, image, truth, established) -> dict:
     rec["dice"] = {e.member: myo_dice(e.labels, truth) for e in evs}
     rec["seconds_exhaustive"] = time.perf_counter() - t0
     rec["forwards_exhaustive"] = ev.n_forwards
+    phased = PoolEvaluator(pool, [image])
+    every = range(len(ev.names))
+    phased.advance(every, 32, segmentation=False)
+    phased.advance(every, 16)
+    for key, stride, step in (("8p", 8, 2), ("4p", 4, None)):
+        phased.advance_pairs({m: [0] for m in every}, stride, phase_step=step)
+        evs = [phased.evaluation(m, 0) for m in every]
+        rec["upp"][key] = {e.member: e.upp for e in evs}
+        rec["utot"][key] = {e.member: e.utot for e in evs}
     order = {n: i for i, n in enumerate(ev.names)}
     rec["exhaustive"] = rank(rec["upp"]["2"], rec["utot"]["2"], ev.names, order)[0]
     return rec
@@ -213,26 +246,34 @@ def summarise(records, established, vd, args) -> None:
     print("| search | same member as exhaustive | mean U_pp regret | mean myocardium Dice of the choice | "
           "patch forwards/series |")
     print("|---|---|---|---|---|")
-    ex_d = np.mean([r["dice"][r["exhaustive"]] for r in records])
-    print(f"| exhaustive (stride 2, all members) | {n}/{n} | 0 | {ex_d:.3f} | {records[0]['forwards_exhaustive']} |")
+    def mean_dice(pairs):       # (record, member); records without Dice (U_pp only) are left out
+        vals = [r["dice"][mem] for r, mem in pairs if "dice" in r]
+        return f"{np.mean(vals):.3f} ({len(vals)} series)" if vals else "n/a"
+    ex_d = mean_dice((r, r["exhaustive"]) for r in records)
+    print(f"| exhaustive (stride 2, all members) | {n}/{n} | 0 | {ex_d} | {records[0]['forwards_exhaustive']} |")
     from PerfusionDAUGSLib.selection import DEFAULT_SCHEDULE, RANK_STRIDE
     for label, sched in SCHEDULES.items():
         sched = sched or (RANK_STRIDE, DEFAULT_SCHEDULE)
-        agree, regrets, dices, fw = 0, [], [], []
+        agree, regrets, picks, fw, m = 0, [], [], [], 0
         for r in records:
             chosen, forwards = simulate_fast(r, sched)
+            if chosen is None:          # a record without this schedule's stages
+                continue
+            m += 1
             agree += chosen == r["exhaustive"]
             u2 = r["upp"]["2"]
             regrets.append((u2[chosen] - u2[r["exhaustive"]]) / u2[r["exhaustive"]] if u2[r["exhaustive"]] > 0 else 0)
-            dices.append(r["dice"][chosen])
+            picks.append((r, chosen))
             fw.append(forwards)
-        print(f"| fast {label} | {agree}/{n} ({100 * agree / n:.0f}%) | {100 * np.mean(regrets):.2f}% | "
-              f"{np.mean(dices):.3f} | {np.mean(fw):.0f} |")
-    print(f"| established | | | {np.mean([r['dice'][established] for r in records]):.3f} | |")
-    print(f"| best member per series (oracle, by Dice) | | | {np.mean([max(r['dice'].values()) for r in records]):.3f} | |")
+        if m:
+            print(f"| fast {label} | {agree}/{m} ({100 * agree / m:.0f}%) | {100 * np.mean(regrets):.2f}% | "
+                  f"{mean_dice(picks)} | {np.mean(fw):.0f} |")
+    print(f"| established | | | {mean_dice((r, established) for r in records)} | |")
+    best = [(r, max(r["dice"], key=r["dice"].get)) for r in records if "dice" in r]
+    print(f"| best member per series (oracle, by Dice) | | | {mean_dice(best)} | |")
     if any("real_fast" in r for r in records):
         chk = [r for r in records if "real_fast" in r]
-        same = sum(r["real_fast"] == simulate_fast(r, r["real_schedule"])[0]
+        same = sum(r["real_fast"] == simulate_fast(r, tuple(r["real_schedule"]))[0]
                    for r in chk)
         same_b = sum(r["real_fast_bf16"] == r["real_fast"] for r in chk)
         print(f"\nreal select_members(fast=True) on {len(chk)} series (schedule then in force: "
@@ -240,6 +281,38 @@ def summarise(records, established, vd, args) -> None:
               f"{same}/{len(chk)}; fast bf16 picks the same member as fast fp32 in {same_b}/{len(chk)}; "
               f"real fast fp32 {np.mean([r['real_fast_seconds'] for r in chk]):.1f} s/series, "
               f"exhaustive {np.mean([r['seconds_exhaustive'] for r in chk]):.1f} s/series (same loaded machine)")
+
+
+def recheck_real(pool, images, records, established) -> None:
+    """The real fast path (current schedule), fp32 and bf16, on every logged series: its choice against the logged
+    exhaustive (fp32) choice and against the replay of the same schedule from the logged U_pp."""
+    from PerfusionDAUGSLib.selection import DEFAULT_SCHEDULE, RANK_STRIDE
+
+    sched = (RANK_STRIDE, DEFAULT_SCHEDULE)
+    print(f"\n## Real fast search on every logged series (schedule {sched}), against the logged exhaustive choice")
+    print("| series | exhaustive | fast fp32 | fast bf16 | replay | fp32 s | bf16 s | patch forwards |")
+    print("|---|---|---|---|---|---|---|---|")
+    n = same32 = same16 = replay_same = 0
+    regrets = []
+    for r in records:
+        i = r["series"]
+        t = time.perf_counter()
+        c32 = select_members(pool, [images[i]], fast=True, established=established)[0]
+        s32 = time.perf_counter() - t
+        t = time.perf_counter()
+        c16 = select_members(pool, [images[i]], fast=True, bf16=True, established=established)[0]
+        s16 = time.perf_counter() - t
+        rep = simulate_fast(r, sched)[0]
+        n += 1
+        same32 += c32.chosen == r["exhaustive"]
+        same16 += c16.chosen == r["exhaustive"]
+        replay_same += c32.chosen == rep
+        u2 = r["upp"]["2"]
+        regrets.append(u2[c16.chosen] / u2[r["exhaustive"]] - 1 if u2[r["exhaustive"]] > 0 else 0.0)
+        print(f"| {i} | {r['exhaustive']} | {c32.chosen} | {c16.chosen} | {rep} | {s32:.1f} | {s16:.1f} | "
+              f"{c16.n_patch_forwards} |", flush=True)
+    print(f"\nsame member as exhaustive: fast fp32 {same32}/{n}, fast bf16 {same16}/{n}; real fp32 = replay in "
+          f"{replay_same}/{n}; mean stride-2 U_pp regret of the bf16 choice {100 * np.mean(regrets):.2f} %")
 
 
 def main(argv=None) -> int:
@@ -256,6 +329,10 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-agreement", action="store_true")
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--summary-only", action="store_true", help="summarise the agreement log, compute nothing")
+    ap.add_argument("--recheck-real", action="store_true",
+                    help="run the real select_members(fast=True), fp32 and bf16, with the current schedule on every "
+                         "logged series and compare its choice with the logged exhaustive one (the log is kept)")
+    ap.add_argument("--recheck-from", type=int, default=0, help="with --recheck-real: only series from this index")
     ap.add_argument("--pool", help="a trained pool folder (e.g. Resources/Models/daugs_pool) instead of the "
                                    "checkpoint x perturbation pools: its members, its established member")
     args = ap.parse_args(argv)
@@ -321,6 +398,8 @@ def main(argv=None) -> int:
             print(f"  series {i}: exhaustive {rec['exhaustive']} ({rec['seconds_exhaustive']:.0f} s) "
                   f"load {load()}", file=sys.stderr, flush=True)
         summarise(records, established, vd, args)
+        if args.recheck_real:
+            recheck_real(pool, test_x, [r for r in records if r["series"] >= args.recheck_from], established)
 
     if not args.skip_timing:
         if trained is not None:
@@ -337,13 +416,21 @@ def main(argv=None) -> int:
         print("| search | precision | wall s/study | CPU s/study | CPU s / 2 | patch forwards/study | "
               "chosen (basal, mid, apical) |")
         print("|---|---|---|---|---|---|---|")
-        for bf16 in (False, True):
+        previous = SCHEDULES["default until session 6: 32, ((16,12,150%),(8,6,100%),(4,4,25%),(2,2,10%))"][1]
+        # the previous default schedule, bf16, is the baseline in the same process (the 2 cores' speed drifts)
+        runs = [("fast", False, None), ("fast", True, None), ("fast, default until session 6 (baseline)", True, previous)]
+        walls = {}
+        for label, bf16, schedule in runs:
+            kw = {} if schedule is None else {"schedule": schedule}
             t, c = time.perf_counter(), time.process_time()
-            r = select_members(pool_t, list(study_x), fast=True, bf16=bf16)
+            r = select_members(pool_t, list(study_x), fast=True, bf16=bf16, **kw)
             wall, cpu = time.perf_counter() - t, time.process_time() - c
+            walls[(label, bf16)] = wall
             nf = sum(x.n_patch_forwards for x in r)
-            print(f"| fast | {'bf16' if bf16 else 'fp32'} | {wall:.1f} | {cpu:.1f} | {cpu / 2:.1f} | {nf} | "
+            print(f"| {label} | {'bf16' if bf16 else 'fp32'} | {wall:.1f} | {cpu:.1f} | {cpu / 2:.1f} | {nf} | "
                   f"{', '.join(x.chosen for x in r)} |", flush=True)
+        print(f"\nbf16 fast, current default / previous default (same process): "
+              f"{walls[('fast', True)] / walls[(runs[2][0], True)]:.2f}")
         n_exhaustive = 3 * len(pool_t) * 1089
         print()
         print(f"## Per-patch forward cost (64x64, 30 frames, batch 64, best of 3; load average {load()})")

@@ -82,6 +82,36 @@ def make_grid(image_shape: Sequence[int], patch: Union[int, Sequence[int]] = 64,
     return grid
 
 
+def phased_offsets(image_shape: Sequence[int], patch: Union[int, Sequence[int]], stride: int, step: int) -> np.ndarray:
+    """(N, 2) window starts of a stride-``stride`` grid whose windows are shifted by different phases.
+
+    Why: the networks pool by 2 three times, so their output depends on where a window starts modulo 8. The windows
+    of a plain grid of stride 8 (or 16, 32) all start at the same phase and never show that part of the
+    disagreement the U-map measures at stride 2. Here window (i, j) of the grid is moved by
+    (``step`` * ((i + 2j) mod n), ``step`` * ((j + 2i) mod n)), n = stride // step (backwards at the far border), so
+    the grid cycles through every phase, and each start is snapped to the stride-``step`` grid: the windows are all
+    windows of the finer U-map grid, so a search that adds them there stays exact. ``step``: the U-map stride.
+    """
+    hw = tuple(int(v) for v in tuple(image_shape)[-2:])
+    ph, pw = _pair(patch, "patch size")
+    step = int(step)
+    if step <= 0 or int(stride) <= 0:
+        raise InvalidParameterError(f"stride and step must be positive, got {stride}, {step}")
+    n = max(1, int(stride) // step)
+    coarse = [patch_offsets(hw[0], ph, stride), patch_offsets(hw[1], pw, stride)]
+    fine = [patch_offsets(hw[0], ph, step), patch_offsets(hw[1], pw, step)]
+    out = set()
+    for i, y in enumerate(coarse[0]):
+        for j, x in enumerate(coarse[1]):
+            shifted = []
+            for axis, (start, phase) in enumerate(((y, step * ((i + 2 * j) % n)), (x, step * ((j + 2 * i) % n)))):
+                last = fine[axis][-1]
+                v = start + phase if start + phase <= last else start - phase
+                shifted.append(int(fine[axis][np.argmin(np.abs(fine[axis] - v))]))     # onto the U-map grid
+            out.add(tuple(shifted))
+    return np.array(sorted(out), dtype=np.int64).reshape(-1, 2)
+
+
 def _as_tensor(image: ArrayLike) -> torch.Tensor:
     t = torch.from_numpy(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image
     if t.ndim != 3:

@@ -5,14 +5,19 @@ with the best validation Dice, whatever the series.
 
 Exhaustive search runs every member on all 1089 stride-2 patches (the 25 stride-16 patches of the segmentation are
 among them, so they are not run twice). On 2 CPU cores that is minutes per study for a 50-member pool, so the fast path
-ranks in stages, adding patches to running per-member sums (the stride-32, -16, -8, -4 and -2 windows of a 128 image
-are nested, so a later stage only runs the patches it adds):
+ranks in stages, adding patches to running per-member sums (every stage's windows are windows of the stride-2 grid, so
+a later stage only runs the patches it adds and the last stage is exact):
 
 1. every member at the ranking stride (``rank_stride``, 32: 9 windows per slice, whose mean is also its coarse
    segmentation) -> coarse U_pp;
-2. ``schedule`` stages, default ``((16, 12, 1.5), (8, 6, 1.0), (4, 4, 0.25), (2, 2, 0.1))``: the best
-   ``max_members`` members whose U_pp at the previous stage is within ``(1 + tolerance)`` of the best go on to the
-   next stride (at least one always does); from stride 16 on a member also has its full segmentation;
+2. ``schedule`` stages ``(stride, max_members, tolerance[, "phased"])``, default
+   ``((16, 16, 2.5), (8, 6, 1.0, "phased"), (4, 3, 0.1), (2, 2, 0.05))``: the best ``max_members`` members whose U_pp
+   at the previous stage is within ``(1 + tolerance)`` of the best go on to the next stage (at least one always
+   does); from stride 16 on a member also has its full segmentation. A "phased" stage runs the stride's grid with
+   its windows shifted through every start phase modulo 8 (``patching.phased_offsets``): the networks pool by 2
+   three times, so a plain stride-8 grid (all windows at phase 0) misses part of the disagreement the stride-2 U-map
+   measures, and ranks the members worse (docs/daugs.md: over 26 series the exhaustive winner ranked up to 10th on
+   the plain grid, at most 4th on the phase-cycled one);
 3. the chosen member is the lowest U_pp at the last stride (2), among the members evaluated there; the established
    member's segmentation is completed at the segmentation stride.
 
@@ -36,18 +41,17 @@ import torch
 from PerfusionSegLib.errors import InvalidParameterError
 from PerfusionSegLib.networks.inference_copy import bf16_copy, inference_copy, uses_channels_last
 
-from .patching import PatchAccumulator, _margins, extract_patches, make_grid
+from .patching import PatchAccumulator, _margins, extract_patches, make_grid, phased_offsets
 from .umap import (MYOCARDIUM_LABEL, PATCH_SIZE, SEG_STRIDE, UMAP_MARGIN, UMAP_STRIDE, MemberEvaluation,
                    labels_from_probabilities, uncertainty_scores)
 
-# every member first at stride 32 (9 windows per slice, no full segmentation), then the best <= 12 within +150 % at
-# stride 16 (with their segmentation), <= 6 within +100 % at 8, <= 4 within +25 % at 4 and <= 2 within +10 % at 2.
-# Chosen by replaying phantom series of two 50-member pools (docs/daugs.md, third session): same member as the
-# exhaustive search in 29/30 series of the "tiny" pool and 16/20 of the "default" pool, with 2,553 and 2,718 patch
-# forwards per series. The previous default (every member at 16, then (4, 4, +50 %), (2, 2, +10 %)) agreed in 24/30
-# and 16/20 with 3,224 and 3,361. Coarse rankings are weak predictors on the "default" pool: its exhaustive winner
-# ranked up to 27th at stride 32 and 20th at stride 16, so no schedule of this cost reaches 95 % there.
-DEFAULT_SCHEDULE = ((16, 12, 1.5), (8, 6, 1.0), (4, 4, 0.25), (2, 2, 0.10))
+# every member first at stride 32 (9 windows per slice, no full segmentation), then the best <= 16 within +250 % at
+# stride 16 (with their segmentation), <= 6 within +100 % on the phase-cycled stride-8 windows, <= 3 within +10 % at 4
+# (the plain stride-4 grid added to those) and <= 2 within +5 % at 2. Replayed on 40 phantom series of the shipped
+# pool (docs/daugs.md, sixth session): same member as the exhaustive search in 19/20 and 14/20, with 2,671 and 2,859
+# patch forwards per series; the previous default ((16, 12, 1.5), (8, 6, 1.0), (4, 4, 0.25), (2, 2, 0.1)) agreed in
+# 15/20 and 13/20 with 2,998 and 3,130. Near-ties at stride 4 make >= 95 % cost about 4,200 (docs/daugs.md).
+DEFAULT_SCHEDULE = ((16, 16, 2.5), (8, 6, 1.0, "phased"), (4, 3, 0.1), (2, 2, 0.05))
 RANK_STRIDE = 32
 
 
@@ -214,13 +218,20 @@ class PoolEvaluator:
         images = list(range(len(self.images))) if image_indices is None else list(image_indices)
         self.advance_pairs({int(m): images for m in member_indices}, stride, segmentation=segmentation)
 
-    def advance_pairs(self, pairs: Dict[int, Sequence[int]], stride: int, segmentation: bool = True) -> None:
+    def advance_pairs(self, pairs: Dict[int, Sequence[int]], stride: int, segmentation: bool = True,
+                      phase_step: Optional[int] = None) -> None:
         """:meth:`advance` for member -> images pairs. Windows of all images share batches; each batch of patches
-        is extracted once and fed to every member that needs it."""
+        is extracted once and fed to every member that needs it. ``phase_step``: the stride's windows are the
+        phase-cycled grid of :func:`patching.phased_offsets` (on the U-map grid of that step) instead of the plain
+        grid."""
         member_indices = [m for m in pairs if len(pairs[m])]
         image_indices = sorted({i for m in member_indices for i in pairs[m]})
-        grids = {i: {tuple(o) for o in make_grid(self.images[i].shape[1:], self.patch, stride).offsets.tolist()}
-                 for i in image_indices}
+
+        def windows(shape):
+            if phase_step:
+                return phased_offsets(shape, self.patch, stride, phase_step)
+            return make_grid(shape, self.patch, stride).offsets
+        grids = {i: {tuple(o) for o in windows(self.images[i].shape[1:]).tolist()} for i in image_indices}
         todo = {}
         for m in member_indices:
             todo[m] = set()
@@ -316,9 +327,9 @@ def select_members(pool_or_members, images: Sequence[np.ndarray], *, umap_stride
             results.append(_result(evals, ev.names, est, "exhaustive", ev))
     else:
         # never finer than the U-map stride asked for; the last stage is always at that stride
-        stages = [(int(s), int(k), float(tol)) for s, k, tol in schedule if int(s) >= int(umap_stride)]
+        stages = [_stage(st) for st in schedule if int(st[0]) >= int(umap_stride)]
         if not stages or stages[-1][0] != int(umap_stride):
-            stages.append((int(umap_stride), 1, 0.0))
+            stages.append((int(umap_stride), 1, 0.0, False))
         # stage 1: every member on every image at the ranking stride, all in shared batches
         first = int(seg_stride) if rank_stride is None else max(int(rank_stride), int(seg_stride))
         lead, trail = _margins(margin, (patch, patch))
@@ -328,7 +339,7 @@ def select_members(pool_or_members, images: Sequence[np.ndarray], *, umap_stride
         n_img = len(ev.images)
         evals = [{ev.names[m]: ev.evaluation(m, i) for m in all_idx} for i in range(n_img)]
         candidates = [list(ev.names) for _ in range(n_img)]
-        for stride, max_members, tol in stages:
+        for stride, max_members, tol, phased in stages:
             pairs: Dict[int, List[int]] = {}
             for i in range(n_img):
                 ranked = _rank(evals[i], candidates[i])
@@ -337,7 +348,7 @@ def select_members(pool_or_members, images: Sequence[np.ndarray], *, umap_stride
                                  if n == ranked[0] or (math.isfinite(best) and evals[i][n].upp <= best * (1.0 + tol))]
                 for n in candidates[i]:
                     pairs.setdefault(ev.names.index(n), []).append(i)
-            ev.advance_pairs(pairs, stride)
+            ev.advance_pairs(pairs, stride, phase_step=int(umap_stride) if phased and stride > umap_stride else None)
             for m, imgs in pairs.items():
                 for i in imgs:
                     evals[i][ev.names[m]] = ev.evaluation(m, i)
@@ -357,6 +368,13 @@ def select_members(pool_or_members, images: Sequence[np.ndarray], *, umap_stride
         r.seconds = seconds / len(results)
         r.n_patch_forwards = ev.n_forwards // len(results)
     return results
+
+
+def _stage(stage) -> tuple:
+    """(stride, max_members, tolerance[, "phased"]) -> (stride, max_members, tolerance, phased)."""
+    if len(stage) not in (3, 4) or (len(stage) == 4 and stage[3] not in ("phased", True, False, None)):
+        raise InvalidParameterError(f"a schedule stage is (stride, max_members, tolerance[, 'phased']), got {stage!r}")
+    return int(stage[0]), int(stage[1]), float(stage[2]), len(stage) == 4 and stage[3] in ("phased", True)
 
 
 def _result(evals: Dict[str, MemberEvaluation], names: Sequence[str], established: Optional[str], mode: str,

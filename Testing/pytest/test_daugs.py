@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from PerfusionDAUGSLib.patching import (PatchAccumulator, check_coverage, contribution_mask, contribution_rects,
-                                        extract_patches, iter_patch_batches, make_grid, patch_offsets)
+                                        extract_patches, iter_patch_batches, make_grid, patch_offsets, phased_offsets)
 from PerfusionDAUGSLib.selection import PoolEvaluator, select_members
 from PerfusionDAUGSLib.umap import labels_from_probabilities, uncertainty_scores
 from PerfusionSegLib.errors import InvalidParameterError
@@ -78,6 +78,26 @@ def test_offsets_reach_the_far_border_for_any_size():
         patch_offsets(50, 64, 2)
     with pytest.raises(InvalidParameterError):
         patch_offsets(128, 64, 0)
+
+
+def test_phased_offsets_cycle_the_pooling_phase_and_stay_on_the_umap_grid():
+    offs = phased_offsets((128, 128), 64, 8, 2)
+    assert offs.shape == (81, 2)                                   # one window per stride-8 grid window
+    fine = {tuple(o) for o in make_grid((128, 128), 64, 2).offsets.tolist()}
+    assert {tuple(o) for o in offs.tolist()} <= fine               # windows of the stride-2 U-map grid
+    phases = {(y % 8, x % 8) for y, x in offs.tolist()}
+    assert len(phases) == 16                                       # every (row, column) phase in {0, 2, 4, 6}^2
+    plain = {(y % 8, x % 8) for y, x in make_grid((128, 128), 64, 8).offsets.tolist()}
+    assert plain == {(0, 0)}                                       # what the plain grid misses
+    for size in (97, 131):                                         # odd sizes: the far border is an odd offset
+        o = phased_offsets((size, size), 64, 8, 2)
+        fine = {tuple(v) for v in make_grid((size, size), 64, 2).offsets.tolist()}
+        assert {tuple(v) for v in o.tolist()} <= fine and o.min() >= 0 and o.max() <= size - 64
+    # one phase only when the step is the stride: the plain grid
+    same = phased_offsets((128, 128), 64, 8, 8)
+    assert np.array_equal(same, make_grid((128, 128), 64, 8).offsets)
+    with pytest.raises(InvalidParameterError):
+        phased_offsets((128, 128), 64, 8, 0)
 
 
 def test_extract_patches_equals_slicing_and_batches_cover_everything():
@@ -247,6 +267,22 @@ def test_coarse_ranking_stage_segments_fully_only_candidates_chosen_and_establis
     assert np.array_equal(coarse.chosen_evaluation.labels, full.chosen_evaluation.labels)
     assert coarse.upp["good"] == pytest.approx(full.upp["good"], rel=1e-6)
     assert coarse.n_patch_forwards < full.n_patch_forwards
+
+
+def test_a_phased_stage_keeps_the_final_umap_exact():
+    img, _ = ring_image(size=64, channels=2, seed=4)
+    members = _planted_pool()
+    exhaustive = select_members(members, [img], fast=False, patch=32)[0]
+    sched = ((16, 5, 10.0), (8, 3, 10.0, "phased"), (4, 2, 10.0), (2, 1, 0.0))
+    fast = select_members(members, [img], fast=True, patch=32, schedule=sched)[0]
+    assert fast.chosen == exhaustive.chosen == "good"
+    assert fast.upp_stride["good"] == 2
+    assert fast.upp["good"] == pytest.approx(exhaustive.upp["good"], rel=1e-9)
+    # the same 289 windows (the phased ones are among them), summed in another order
+    assert fast.chosen_evaluation.n_umap_patches == exhaustive.chosen_evaluation.n_umap_patches == 289
+    assert np.allclose(fast.chosen_evaluation.umap, exhaustive.chosen_evaluation.umap, rtol=0, atol=1e-6)
+    with pytest.raises(InvalidParameterError):
+        select_members(members, [img], fast=True, patch=32, schedule=((8, 3, 1.0, "twisted"),))
 
 
 def test_fast_path_never_goes_finer_than_the_umap_stride():
