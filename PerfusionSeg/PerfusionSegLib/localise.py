@@ -177,6 +177,12 @@ def locate_lv(series: Union[SliceSeries, np.ndarray], spacing: Optional[Sequence
     :func:`locate_lv_study`): each LV candidate's score is weighed by a Gaussian of its distance to it
     (``prior_sigma_mm``).
     """
+    if prior_yx is not None:
+        prior_yx = tuple(float(v) for v in prior_yx)
+        if len(prior_yx) != 2 or not all(np.isfinite(prior_yx)) or not float(prior_sigma_mm) > 0:
+            raise InvalidParameterError(f"prior_yx must be a finite (row, column) and prior_sigma_mm > 0, got "
+                                        f"{prior_yx!r}, {prior_sigma_mm!r}")
+        prior_sigma_mm = float(prior_sigma_mm)
     data, times, spacing = _as_array_and_times(series, times, spacing)
     data, times = _regular_grid(np.asarray(data, dtype=np.float32), np.asarray(times, dtype=np.float64))
     t, ny, nx = data.shape
@@ -231,13 +237,9 @@ def locate_lv(series: Union[SliceSeries, np.ndarray], spacing: Optional[Sequence
     for mm in scales:
         prior = None
         if prior_yx is not None:
-            py, px = (float(v) for v in prior_yx)
-            if not (np.isfinite(py) and np.isfinite(px)) or not prior_sigma_mm > 0:
-                raise InvalidParameterError(f"prior_yx must be finite and prior_sigma_mm > 0, got {prior_yx!r}, "
-                                            f"{prior_sigma_mm!r}")
             yy, xx = np.indices((ny, nx), dtype=np.float64)
-            prior = np.exp(-0.5 * (np.hypot(yy - py, xx - px) * mm / float(prior_sigma_mm)) ** 2)
-        min_area_px = max(4.0, 60.0 / mm ** 2)                    # ~9 mm diameter
+            prior = np.exp(-0.5 * (np.hypot(yy - prior_yx[0], xx - prior_yx[1]) * mm / prior_sigma_mm) ** 2)
+        min_area_px = _min_area_px(mm)
         for level in (0.45, 0.35, 0.55, 0.25):
             result = _search(level, peak, arrival, reliable, cnr, ref, min_area_px, mm, dt, prior)
             if result is not None and (best is None or result["score"] > best["score"]):
@@ -263,6 +265,11 @@ def locate_lv(series: Union[SliceSeries, np.ndarray], spacing: Optional[Sequence
                       method=method, lv_mask=lv_mask,
                       maps={"arrival": arrival, "peak": peak, "cnr": cnr, "rv_mask": rv_mask,
                             "candidates": best["candidates"], "level": best["level"]})
+
+
+def _min_area_px(mm: float) -> float:
+    """Smallest blood pool considered, in pixels of ``mm``: about 9 mm across."""
+    return max(4.0, 60.0 / mm ** 2)
 
 
 def _components(mask: np.ndarray, min_area: float):
@@ -401,7 +408,7 @@ def _pool_at(prior_yx, peak, reliable, mm, sigma_mm):
     local = float(np.percentile(peak[near & reliable], 99.0)) if (near & reliable).any() else 0.0
     if local <= 0:
         return None
-    min_area = max(4.0, 60.0 / mm ** 2)
+    min_area = _min_area_px(mm)
     for frac in (0.8, 0.65, 0.5):
         lab, n = ndimage.label(reliable & (peak > frac * local))
         if n == 0:
