@@ -188,9 +188,13 @@ def run_daugs(series, pool=None, *, umap_stride: int = UMAP_STRIDE, seg_stride: 
     if center_yx is not None:
         centres = center_yx if not single else [center_yx]
     elif isinstance(series, Study) and len(seq) > 1:
-        # the slices of one study cut the same LV: a slice whose LV disagrees with the others is located again
+        # the slices of one study cut the same LV: a slice whose LV disagrees with the others is located again,
+        # then, if they still disagree, the pool's established member gives a second opinion
         from PerfusionSegLib.localise import locate_lv_study
-        centres = [None if loc is None else loc.center_yx for loc in locate_lv_study(seq)]
+
+        from .lv_detector import PoolLVDetector
+        detector = PoolLVDetector(pool_obj, bf16=bf16)
+        centres = [None if loc is None else loc.center_yx for loc in locate_lv_study(seq, detector=detector)]
     else:
         centres = [None] * len(seq)
     prepared = [prepare_daugs_input(s, center_yx=c, **overrides) for s, c in zip(seq, centres)]

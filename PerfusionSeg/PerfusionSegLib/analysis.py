@@ -295,16 +295,38 @@ def write_bullseye(stats: dict, output_dir: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------------------
-def _study_centres(studies: dict, labels_override: dict) -> dict:
+def study_lv_detector(options: AnalysisOptions):
+    """The DAUGS pool's LV detector (``PerfusionDAUGSLib.lv_detector``), the second opinion of
+    ``localise.locate_lv_study``, or None when no pool is installed (the timing rule then decides alone)."""
+    if not default_pool_available(options):
+        return None
+    from PerfusionDAUGSLib.lv_detector import PoolLVDetector
+    return _LazyDetector(lambda: PoolLVDetector(resolve_daugs_pool(options)))
+
+
+class _LazyDetector:
+    """Loads the detector's member on first use: most studies never need it."""
+
+    def __init__(self, make):
+        self._make, self._detector = make, None
+
+    def __call__(self, series):
+        if self._detector is None:
+            self._detector = self._make()
+        return self._detector(series)
+
+
+def _study_centres(studies: dict, labels_override: dict, detector=None) -> dict:
     """{(condition, level): LV centre} from each study's slices together (``localise.locate_lv_study``: a slice
-    whose LV disagrees with the other slices' is located again); slices with given labels are not needed."""
+    whose LV disagrees with the other slices' is located again, then ``detector`` is asked); slices with given
+    labels are not needed."""
     from PerfusionSegLib.localise import locate_lv_study
 
     out = {}
     for condition, study in studies.items():
         if study is None or all((condition, s.level) in labels_override for s in study.slices):
             continue
-        for s, loc in zip(study.slices, locate_lv_study(study.slices)):
+        for s, loc in zip(study.slices, locate_lv_study(study.slices, detector=detector)):
             if loc is not None:
                 out[(condition, s.level)] = loc.center_yx
     return out
@@ -325,7 +347,7 @@ def analyse_studies(context, studies: dict, options: AnalysisOptions, labels_ove
     steps = len(todo) * (2 if options.compute_mbf else 1) + 1
     step = 0
     segmenter = None
-    centres = _study_centres(studies, labels_override)
+    centres = _study_centres(studies, labels_override, detector=study_lv_detector(options))
     result = AnalysisResult(slices=[])
     for condition, series in todo:
         context.check()

@@ -514,7 +514,7 @@ def _plane_mapping(series: SliceSeries):
 
 
 def locate_lv_study(slices: Sequence[SliceSeries], agree_mm: float = STUDY_AGREE_MM,
-                    prior_sigma_mm: float = PRIOR_SIGMA_MM) -> list:
+                    prior_sigma_mm: float = PRIOR_SIGMA_MM, detector=None) -> list:
     """LV locations of the slices of one study (a :class:`~PerfusionSegLib.series.Study` or a list of SliceSeries);
     ``None`` for a slice where :func:`locate_lv` finds nothing.
 
@@ -524,6 +524,10 @@ def locate_lv_study(slices: Sequence[SliceSeries], agree_mm: float = STUDY_AGREE
     is below theirs, is located again with that centre as a prior (:func:`locate_lv` ``prior_yx``); the new answer
     is kept when it lands within ``agree_mm`` of the prior, else the first one stays. Needs each slice's affine
     (patient geometry); without it every slice keeps its own answer.
+
+    ``detector``: an optional second opinion, ``detector(series) -> ((y, x), score) or None`` (e.g.
+    ``PerfusionDAUGSLib.lv_detector.PoolLVDetector``), asked only when the slices still disagree after that step;
+    see :func:`_second_opinion`.
     """
     seq = list(getattr(slices, "slices", slices))
     if not all(isinstance(s, SliceSeries) for s in seq):
@@ -556,4 +560,45 @@ def locate_lv_study(slices: Sequence[SliceSeries], agree_mm: float = STUDY_AGREE
         if float(np.hypot(*(np.asarray(again.center_yx) - mean))) * mm <= agree_mm:
             again.method += "; re-located with the study's other slices as a prior"
             locs[i] = again
+    if detector is not None:
+        _second_opinion(seq, locs, maps, found, detector, agree_mm)
     return locs
+
+
+def _agree(points: np.ndarray, agree_mm: float) -> bool:
+    """Whether in-plane points (N, 2) in mm all lie within ``agree_mm`` of their mean."""
+    return bool(np.all(np.hypot(*(points - points.mean(axis=0)).T) <= agree_mm))
+
+
+def _second_opinion(seq, locs, maps, found, detector, agree_mm) -> None:
+    """When the slices' centres still disagree, ask ``detector`` for every slice. Its answers are taken only when
+    they agree among themselves *and* with the timing rule on at least one slice (the anchor: two methods that
+    fail differently seldom agree on a wrong structure); then every slice whose centre is more than ``agree_mm``
+    from the detector's gets the detector's. Otherwise nothing changes. In place on ``locs``."""
+    if len(found) != len(seq):
+        return
+    ref = seq[0]
+    mm = float(np.mean(ref.spacing))
+    to_ref = maps[0][1]
+
+    def in_plane(i, yx):                                # slice i's pixel -> mm in the first slice's plane
+        return np.asarray(to_ref(maps[i][0](yx)), dtype=np.float64) * mm
+
+    ours = np.array([in_plane(i, locs[i].center_yx) for i in found])
+    if _agree(ours, agree_mm):
+        return
+    answers = [detector(s) for s in seq]
+    if any(a is None for a in answers):
+        return
+    theirs = np.array([in_plane(i, answers[i][0]) for i in found])
+    apart = np.hypot(*(ours - theirs).T)
+    if not _agree(theirs, agree_mm) or not np.any(apart <= agree_mm):
+        return
+    for i in found:
+        if apart[i] > agree_mm:
+            (y, x), score = answers[i]
+            locs[i] = LVLocation(center_yx=(float(y), float(x)), confidence=float(np.clip(score, 0.0, 1.0)),
+                                 rv_center_yx=None,
+                                 method=f"{locs[i].method}; replaced by the LV detector (the study's slices "
+                                        f"disagreed; the detector agrees across slices and with this rule on "
+                                        f"{int(np.sum(apart <= agree_mm))} of them; score {score:.2f})")

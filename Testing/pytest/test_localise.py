@@ -242,3 +242,61 @@ def test_prior_picks_the_pool_it_points_at():
     for target in ((50, 56), (50, 100)):
         loc = locate_lv(s, prior_yx=target)
         assert np.hypot(loc.center_yx[0] - target[0], loc.center_yx[1] - target[1]) * 1.8 < 10.0, (target, loc)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the second opinion of locate_lv_study (a detector injected; the pool's own is tested in test_shipped_models.py)
+# --------------------------------------------------------------------------------------------------------------------
+def _stack(lv_positions, spacing=1.8):
+    """Parallel slices 8 mm apart with affines; slice k's LV drawn at lv_positions[k] (its RV beside it)."""
+    slices = []
+    for k, (y, x) in enumerate(lv_positions):
+        data, times, _, _ = synthetic_heart(shape=(96, 128), lv_yx=(y, x), rv_yx=(y - 4, x - 26), seed=k)
+        affine = np.diag([spacing, spacing, 8.0, 1.0])
+        affine[2, 3] = 8.0 * k
+        slices.append(SliceSeries(data=data, times=times, spacing=(spacing, spacing), affine=affine))
+    return slices
+
+
+class _Detector:
+    def __init__(self, answers):
+        self.answers, self.calls = list(answers), 0
+
+    def __call__(self, series):
+        self.calls += 1
+        return self.answers[self.calls - 1]
+
+
+def test_detector_is_not_asked_when_the_slices_agree():
+    from PerfusionSegLib.localise import locate_lv_study
+    det = _Detector([])
+    locs = locate_lv_study(_stack([(50, 56)] * 3), detector=det)
+    assert det.calls == 0
+    assert all(np.hypot(loc.center_yx[0] - 50, loc.center_yx[1] - 56) < 13 for loc in locs)
+
+
+def test_detector_replaces_the_disagreeing_slice_when_it_is_anchored():
+    """Slice 2 shows its LV elsewhere (79 mm away): the timing rule follows it there; a detector that agrees with
+    the other two slices and across all three moves slice 2 to its answer, and leaves the others as they were."""
+    from PerfusionSegLib.localise import locate_lv_study
+    slices = _stack([(50, 56), (50, 56), (50, 100)])
+    alone = locate_lv_study(slices)
+    assert np.hypot(alone[2].center_yx[0] - 50, alone[2].center_yx[1] - 100) < 8
+    det = _Detector([((50.0, 56.0), 0.8), ((51.0, 57.0), 0.7), ((50.0, 55.0), 0.6)])
+    locs = locate_lv_study(slices, detector=det)
+    assert det.calls == 3
+    assert locs[2].center_yx == (50.0, 55.0) and "LV detector" in locs[2].method and locs[2].confidence == 0.6
+    assert [locs[i].center_yx for i in (0, 1)] == [alone[i].center_yx for i in (0, 1)]
+
+
+@pytest.mark.parametrize("answers", [
+    [((20.0, 110.0), 0.9)] * 3,                                          # agrees across slices, with none of ours
+    [((50.0, 56.0), 0.9), ((50.0, 56.0), 0.9), ((80.0, 20.0), 0.9)],       # disagrees with itself
+    [((50.0, 56.0), 0.9), None, ((50.0, 56.0), 0.9)],                     # finds nothing on one slice
+])
+def test_detector_answers_that_are_not_trusted_change_nothing(answers):
+    from PerfusionSegLib.localise import locate_lv_study
+    slices = _stack([(50, 56), (50, 56), (50, 100)])
+    alone = locate_lv_study(slices)
+    locs = locate_lv_study(slices, detector=_Detector(answers))
+    assert [loc.center_yx for loc in locs] == [loc.center_yx for loc in alone]

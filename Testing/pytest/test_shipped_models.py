@@ -57,3 +57,30 @@ def test_shipped_resunet_is_xue_configuration_and_what_the_resunet_method_takes(
     assert (model.input_spec["size"], model.input_spec["spacing_mm"]) == (176, 1.0)
     card, _ = _find_card(AnalysisOptions(method="resunet", models_dirs=(str(MODELS),)))
     assert card.endswith("resunet.json")
+
+
+@pytest.mark.skipif(not (POOL / "pool.json").is_file(), reason="no DAUGS pool shipped")
+def test_pool_lv_detector_settles_a_study_the_timing_rule_splits():
+    """Phantom study 100009 (`randomised`, rest): on its own the timing rule puts the apical slice's LV on another
+    structure, 93 mm from where the other two slices agree, and more confident than one of them, so the study's
+    re-location leaves it. The pool's detector agrees with the two and moves the apical slice into its LV."""
+    import numpy as np
+    from PerfusionDAUGSLib.lv_detector import PoolLVDetector
+    from PerfusionSegLib.localise import locate_lv_study
+    from PerfusionSegLib.phantom import generate_study
+
+    ps = generate_study(preset="randomised", seed=100009, condition="rest", n_slices=3)
+
+    def inside(labels, yx):
+        return labels[int(round(yx[0])), int(round(yx[1]))] == 1
+
+    alone = locate_lv_study(ps.study)
+    assert [inside(t.labels, loc.center_yx) for t, loc in zip(ps.truth, alone)] == [True, True, False]
+    detector = PoolLVDetector(POOL)
+    assert detector.member == json.loads((POOL / "pool.json").read_text())["established"]
+    together = locate_lv_study(ps.study, detector=detector)
+    assert all(inside(t.labels, loc.center_yx) for t, loc in zip(ps.truth, together))
+    assert "LV detector" in together[2].method
+    assert [loc.center_yx for loc in together[:2]] == [loc.center_yx for loc in alone[:2]]
+    (y, x), score = detector(ps.study.slices[2])
+    assert inside(ps.truth[2].labels, (y, x)) and 0.0 < score <= 1.0 and np.isfinite(score)
