@@ -69,6 +69,13 @@ def main(argv=None) -> int:
         ("locate_lv", lambda: locate_lv(s)),
         ("prepare_for_network Xue with automatic centre", lambda: prepare_for_network(s)),
     ]
+    try:        # the study localisation's second opinion (asked only when a study's slices disagree)
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "PerfusionDAUGS"))
+        from PerfusionDAUGSLib.lv_detector import PoolLVDetector
+        detector = PoolLVDetector()
+        rows.append((f"PoolLVDetector ({detector.member}, whole field, stride 32, fp32)", lambda: detector(s)))
+    except Exception as exc:  # noqa: BLE001 - no pool installed: the table goes without this row
+        print(f"# PoolLVDetector not timed: {exc}")
     print(f"# {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, python "
           f"{platform.python_version()}, numpy {np.__version__}; series {s.data.shape} float32, best of {args.repeat}")
     base = None
