@@ -23,7 +23,8 @@ MAX_FIELD = 1024          # prepare_for_network's largest field
 
 
 class PoolLVDetector:
-    """``detector(series) -> ((y, x) input pixels, score) or None``.
+    """``detector(series) -> ((y, x) input pixels, score) or None``. ``pool``: a loaded pool (its members are
+    used as they are), or a pool folder or name (only the member needed is loaded, on ``device``).
 
     The member (by default the pool's established one) segments the whole field of view, prepared as for DAUGS
     (the field widened to hold the whole image), with windows at ``stride``. The answer is the blood-pool blob
@@ -32,16 +33,16 @@ class PoolLVDetector:
     """
 
     def __init__(self, pool=None, member: Optional[str] = None, *, stride: int = 32, bf16: bool = False,
-                 batch_size: int = 64):
+                 batch_size: int = 64, device: str = "auto"):
         from .daugs import _input_overrides
         from .pool import load_pool
         from .selection import _Predictor, members_of
 
         if pool is None or isinstance(pool, (str, bytes)) or hasattr(pool, "__fspath__"):
             where = pool or "daugs_pool"          # load only the one member needed (the index names the established)
-            pool_obj = load_pool(where, members=[member] if member else [])
+            pool_obj = load_pool(where, device=device, members=[member] if member else [])
             if not member:
-                pool_obj = load_pool(where, members=[pool_obj.established])
+                pool_obj = load_pool(where, device=device, members=[pool_obj.established])
         else:
             pool_obj = pool
         names, members, established = members_of(pool_obj)

@@ -298,10 +298,13 @@ def write_bullseye(stats: dict, output_dir: str) -> str:
 def study_lv_detector(options: AnalysisOptions):
     """The DAUGS pool's LV detector (``PerfusionDAUGSLib.lv_detector``), the second opinion of
     ``localise.locate_lv_study``, or None when no pool is installed (the timing rule then decides alone)."""
-    if not default_pool_available(options):
+    try:
+        if not default_pool_available(options):
+            return None
+        from PerfusionDAUGSLib.lv_detector import PoolLVDetector
+    except ImportError:                     # PerfusionDAUGSLib not installed
         return None
-    from PerfusionDAUGSLib.lv_detector import PoolLVDetector
-    return _LazyDetector(lambda: PoolLVDetector(resolve_daugs_pool(options)))
+    return _LazyDetector(lambda: PoolLVDetector(resolve_daugs_pool(options), device=options.device))
 
 
 class _LazyDetector:
