@@ -7,11 +7,12 @@ Real data in ../shared/data (skipped with a note when absent):
   blood pool = label 2 on at least half of the labelled frames; 2.2857 mm from the file's zooms),
   qperf/aif_detection/exampleN (AIF images; mask 1 = LV; no spacing given, so none is passed),
   qperf perf_data*.mat Gd series (no labels: the centre must lie in the middle third of the heart crop).
-Synthetic: ``--phantom N`` slices from ``phantom.generate_study`` over the presets (truth label 1 = LV blood pool).
+Synthetic: ``--phantom N`` slices from ``phantom.generate_study`` over the presets (truth label 1 = LV blood pool);
+``--by-study`` locates each study's three slices together (``localise.locate_lv_study`` with the pool's LV detector).
 
 A hit is a centre inside the label; the distance is to the label's centroid (pixels and mm when the spacing is known).
 
-    python scripts/evaluate_localisation.py [--phantom 200] [--json out.json]
+    python scripts/evaluate_localisation.py [--phantom 200 [--seed S] [--by-study]] [--json out.json]
 """
 from __future__ import annotations
 
@@ -33,12 +34,16 @@ DATA = REPO.parent / "shared" / "data"
 from PerfusionSegLib.localise import locate_lv  # noqa: E402
 
 
-def _row(dataset, name, img, lv, spacing=None, times=None):
+def _row(dataset, name, img, lv, spacing=None, times=None, loc=None, seconds=None):
+    """One series: located here, or ``loc`` given (a study's answer; ``seconds``: its share of the study's time)."""
     t0 = time.perf_counter()
     try:
-        loc = locate_lv(img, spacing=spacing, times=times)
+        if loc is None:
+            loc = locate_lv(img, spacing=spacing, times=times)
     except Exception as exc:  # a refusal counts as a miss, with its reason
         return {"dataset": dataset, "series": name, "hit": False, "error": str(exc), "seconds": time.perf_counter() - t0}
+    if loc is False:
+        return {"dataset": dataset, "series": name, "hit": False, "error": "nothing found", "seconds": seconds}
     y, x = loc.center_yx
     iy, ix = int(round(y)), int(round(x))
     hit = bool(0 <= iy < lv.shape[0] and 0 <= ix < lv.shape[1] and lv[iy, ix])
@@ -47,7 +52,7 @@ def _row(dataset, name, img, lv, spacing=None, times=None):
     d_mm = float(np.hypot((y - cy) * spacing[0], (x - cx) * spacing[1])) if spacing is not None else None
     return {"dataset": dataset, "series": name, "hit": hit, "dist_px": d_px, "dist_mm": d_mm,
             "confidence": loc.confidence, "rv_found": loc.rv_center_yx is not None,
-            "seconds": time.perf_counter() - t0}
+            "seconds": time.perf_counter() - t0 if seconds is None else seconds}
 
 
 def real_rows():
@@ -145,21 +150,43 @@ def qperf_gd_rows():
     return rows
 
 
-def phantom_rows(n: int, seed: int = 0):
+def _study_locator():
+    """locate_lv_study with the shipped pool's LV detector as its second opinion (without it when no pool)."""
+    from PerfusionSegLib.localise import locate_lv_study
+
+    try:
+        sys.path.insert(0, str(REPO / "PerfusionDAUGS"))
+        from PerfusionDAUGSLib.lv_detector import PoolLVDetector
+        detector = PoolLVDetector()
+    except Exception as exc:  # noqa: BLE001 - no pool: the study rule alone
+        print(f"# note: no LV detector ({exc}); the study rule decides alone")
+        detector = None
+    return lambda study: locate_lv_study(study, detector=detector)
+
+
+def phantom_rows(n: int, seed: int = 0, by_study: bool = False):
+    """``by_study``: each study's slices located together (``locate_lv_study`` with the pool's detector), as the
+    analysis, the demo and ``run_daugs`` of a study do; else each slice on its own (``locate_lv``)."""
     from PerfusionSegLib.phantom import generate_study
     from PerfusionSegLib.phantom.presets import PRESET_NAMES
 
     rows, k = [], 0
     presets = list(PRESET_NAMES)
+    locate_study = _study_locator() if by_study else None
     while len(rows) < n:
         preset = presets[k % len(presets)]
         condition = "stress" if (k // len(presets)) % 2 == 0 else "rest"
         ps = generate_study(preset=preset, seed=seed + k, condition=condition, n_slices=3)
+        locs, share = [None] * 3, None
+        if by_study:
+            t0 = time.perf_counter()
+            locs = [False if loc is None else loc for loc in locate_study(ps.study)]
+            share = (time.perf_counter() - t0) / len(locs)
         for i, (s, truth) in enumerate(zip(ps.study.slices, ps.truth)):
             if len(rows) >= n:
                 break
             rows.append(_row(f"phantom:{preset}", f"seed{seed + k}-{condition}-{s.level or i}", s,
-                             truth.labels == 1, spacing=s.spacing))
+                             truth.labels == 1, spacing=s.spacing, loc=locs[i], seconds=share))
         k += 1
     return rows
 
@@ -187,6 +214,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--phantom", type=int, default=0, metavar="N", help="also N synthetic phantom slices (e.g. 200)")
     ap.add_argument("--seed", type=int, default=1000, help="first phantom seed (default 1000)")
+    ap.add_argument("--by-study", action="store_true",
+                    help="locate each phantom study's slices together (locate_lv_study with the pool's LV detector)")
     ap.add_argument("--json", metavar="PATH", help="write every row and the summary as JSON")
     ap.add_argument("--robustness", action="store_true",
                     help="only the robustness variants of the labelled real series (rotated, mirrored, ...)")
@@ -203,7 +232,7 @@ def main(argv=None) -> int:
     rows, notes = real_rows()
     if args.phantom:
         try:
-            rows += phantom_rows(args.phantom, args.seed)
+            rows += phantom_rows(args.phantom, args.seed, by_study=args.by_study)
         except ImportError as exc:
             notes.append(f"phantom not available: {exc}")
     for n in notes:
