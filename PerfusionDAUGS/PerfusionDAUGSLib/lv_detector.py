@@ -14,7 +14,7 @@ import torch
 from scipy import ndimage
 
 from .daugs import prepare_daugs_input
-from .patching import extract_patches, make_grid
+from .patching import PatchAccumulator, extract_patches, make_grid
 
 LV, MYOCARDIUM = 1, 2
 MIN_AREA_PX = 20          # network pixels: smaller blood-pool blobs are noise
@@ -68,16 +68,13 @@ class PoolLVDetector:
                                           **{**self._overrides, "size": size})
         image = torch.from_numpy(np.ascontiguousarray(x))
         offsets = make_grid((size, size), self.patch, self.stride).offsets
-        total = np.zeros((4, size, size), np.float64)
-        count = np.zeros((size, size), np.float64)
+        acc = PatchAccumulator((size, size), self.patch, n_maps=4, with_squares=False)
         for b in range(0, len(offsets), self.batch_size):
             batch = offsets[b:b + self.batch_size]
             patches = extract_patches(image, batch, (self.patch, self.patch), channels_last=True)
-            probs = self._predict(patches.contiguous(memory_format=torch.channels_last)).numpy()
-            for (oy, ox), p in zip(batch, probs):
-                total[:, oy:oy + self.patch, ox:ox + self.patch] += p[:4]
-                count[oy:oy + self.patch, ox:ox + self.patch] += 1
-        return (total / np.maximum(count, 1)).astype(np.float32), geometry
+            probs = self._predict(patches.contiguous(memory_format=torch.channels_last))
+            acc.add(probs[:, :4].transpose(0, 1), batch)
+        return acc.mean(), geometry
 
     def __call__(self, series) -> Optional[Tuple[Tuple[float, float], float]]:
         probs, geometry = self.probabilities(series)

@@ -550,7 +550,7 @@ def locate_lv_study(slices: Sequence[SliceSeries], agree_mm: float = STUDY_AGREE
         others = [j for j in found if j != i]
         pts = np.array([to_pixel(maps[j][0](first[j].center_yx)) for j in others])   # in slice i's pixels
         mean = pts.mean(axis=0)
-        if np.any(np.hypot(*(pts - mean).T) * mm > agree_mm):
+        if not _agree(pts * mm, agree_mm):
             continue                                   # the others do not agree among themselves
         if float(np.hypot(*(np.asarray(first[i].center_yx) - mean))) * mm <= agree_mm:
             continue                                   # this slice agrees with them
