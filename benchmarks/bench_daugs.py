@@ -418,7 +418,10 @@ def main(argv=None) -> int:
         print("|---|---|---|---|---|---|---|")
         previous = SCHEDULES["default until session 6: 32, ((16,12,150%),(8,6,100%),(4,4,25%),(2,2,10%))"][1]
         # the previous default schedule, bf16, is the baseline in the same process (the 2 cores' speed drifts)
-        runs = [("fast", False, None), ("fast", True, None), ("fast, default until session 6 (baseline)", True, previous)]
+        # a racing last stage in place of the default's last two (selection.RACE_MARGIN; docs/daugs.md, ninth session)
+        racing = ((16, 16, 2.5), (8, 6, 1.0, "phased"), (2, 3, 0.1, "race"))
+        runs = [("fast", False, None), ("fast", True, None), ("fast, default until session 6 (baseline)", True, previous),
+                ("fast, racing last stage (2, 3, +10 %, race)", True, racing)]
         walls = {}
         for label, bf16, schedule in runs:
             kw = {} if schedule is None else {"schedule": schedule}
@@ -430,7 +433,8 @@ def main(argv=None) -> int:
             print(f"| {label} | {'bf16' if bf16 else 'fp32'} | {wall:.1f} | {cpu:.1f} | {cpu / 2:.1f} | {nf} | "
                   f"{', '.join(x.chosen for x in r)} |", flush=True)
         print(f"\nbf16 fast, current default / previous default (same process): "
-              f"{walls[('fast', True)] / walls[(runs[2][0], True)]:.2f}")
+              f"{walls[('fast', True)] / walls[(runs[2][0], True)]:.2f}; racing last stage / current default: "
+              f"{walls[(runs[3][0], True)] / walls[('fast', True)]:.2f}")
         n_exhaustive = 3 * len(pool_t) * 1089
         print()
         print(f"## Per-patch forward cost (64x64, 30 frames, batch 64, best of 3; load average {load()})")

@@ -112,6 +112,35 @@ def phased_offsets(image_shape: Sequence[int], patch: Union[int, Sequence[int]],
     return np.array(sorted(out), dtype=np.int64).reshape(-1, 2)
 
 
+# the 16 start phases (modulo 4 steps, i.e. modulo 8 pixels at step 2) in the order racing rounds add them: the phases
+# of the stride-4 grid first, then pairs that differ in both axes, so every round spreads over the image and phases
+PHASE_ORDER = ((0, 0), (2, 2), (0, 2), (2, 0), (1, 1), (3, 3), (1, 3), (3, 1),
+               (0, 1), (2, 3), (1, 2), (3, 0), (0, 3), (2, 1), (3, 2), (1, 0))
+
+
+def phase_rounds(image_shape: Sequence[int], patch: Union[int, Sequence[int]], step: int,
+                 per_round: int = 2) -> list:
+    """The windows of the stride-``step`` grid split into rounds of ``per_round`` start phases each (phase = window
+    index modulo 4 per axis; ``PHASE_ORDER``). Every round's windows are spread over the whole image and the rounds
+    together are the grid, so U_pp on the windows of the first k rounds estimates the full-grid U_pp with an error that
+    shrinks as rounds are added and vanishes at the last. Returns a list of (N_k, 2) offset arrays."""
+    hw = tuple(int(v) for v in tuple(image_shape)[-2:])
+    ph, pw = _pair(patch, "patch size")
+    if int(step) <= 0 or not 1 <= int(per_round) <= 16:
+        raise InvalidParameterError(f"step must be positive and per_round in 1..16, got {step}, {per_round}")
+    ys, xs = patch_offsets(hw[0], ph, int(step)), patch_offsets(hw[1], pw, int(step))
+    by_phase = {p: [] for p in PHASE_ORDER}
+    for i, y in enumerate(ys):
+        for j, x in enumerate(xs):
+            by_phase[(i % 4, j % 4)].append((int(y), int(x)))
+    rounds = []
+    for k in range(0, len(PHASE_ORDER), int(per_round)):
+        offs = [o for p in PHASE_ORDER[k:k + int(per_round)] for o in by_phase[p]]
+        if offs:
+            rounds.append(np.array(sorted(offs), dtype=np.int64).reshape(-1, 2))
+    return rounds
+
+
 def _as_tensor(image: ArrayLike) -> torch.Tensor:
     t = torch.from_numpy(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image
     if t.ndim != 3:

@@ -21,6 +21,14 @@ a later stage only runs the patches it adds and the last stage is exact):
 3. the chosen member is the lowest U_pp at the last stride (2), among the members evaluated there; the established
    member's segmentation is completed at the segmentation stride.
 
+A stage may instead be a race, ``(stride, max_members, tolerance, "race")``: its candidates see the stride's windows
+in rounds of start phases (``patching.phase_rounds``; the first two rounds are the stride-4 grid) and a member drops
+out as soon as its U_pp on the windows seen so far is more than ``race_margin * sqrt((N - n) / n)`` above the best
+(n of the grid's N windows seen); the survivors finish the grid, so the choice stays exact among them. In place of
+the last two default stages, a race of the best 3 within +10 % chose as the default did on 46 phantom series of the
+shipped pool, with 1-5 % fewer patch forwards (docs/daugs.md, ninth session). The default's misses are winners lost
+before its last stages, which no last stage recovers, so the default schedule is unchanged.
+
 Members whose U_pp were only measured at a coarse stride keep that value, labelled with its stride (and their
 segmentation with the stride it rests on).
 Patches are extracted once per batch and fed to each member in turn: on CPU this is faster than stacking members with
@@ -41,7 +49,7 @@ import torch
 from PerfusionSegLib.errors import InvalidParameterError
 from PerfusionSegLib.networks.inference_copy import bf16_copy, inference_copy, uses_channels_last
 
-from .patching import PatchAccumulator, _margins, extract_patches, make_grid, phased_offsets
+from .patching import PatchAccumulator, _margins, extract_patches, make_grid, phase_rounds, phased_offsets
 from .umap import (MYOCARDIUM_LABEL, PATCH_SIZE, SEG_STRIDE, UMAP_MARGIN, UMAP_STRIDE, MemberEvaluation,
                    labels_from_probabilities, uncertainty_scores)
 
@@ -50,9 +58,13 @@ from .umap import (MYOCARDIUM_LABEL, PATCH_SIZE, SEG_STRIDE, UMAP_MARGIN, UMAP_S
 # (the plain stride-4 grid added to those) and <= 2 within +5 % at 2. Replayed on 40 phantom series of the shipped
 # pool (docs/daugs.md, sixth session): same member as the exhaustive search in 19/20 and 14/20, with 2,671 and 2,859
 # patch forwards per series; the previous default ((16, 12, 1.5), (8, 6, 1.0), (4, 4, 0.25), (2, 2, 0.1)) agreed in
-# 15/20 and 13/20 with 2,998 and 3,130. Near-ties at stride 4 make >= 95 % cost about 4,200 (docs/daugs.md).
+# 15/20 and 13/20 with 2,998 and 3,130. Its misses on 40-59 are winners cut before the phased stage; >= 95 % costs
+# about 4,200 (docs/daugs.md).
 DEFAULT_SCHEDULE = ((16, 16, 2.5), (8, 6, 1.0, "phased"), (4, 3, 0.1), (2, 2, 0.05))
 RANK_STRIDE = 32
+# racing stages: with a margin of 0.04, a race of the best 3 within +10 % after the phased stage chose as the default
+# schedule did on 46 phantom series of the shipped pool (docs/daugs.md, ninth session)
+RACE_MARGIN = 0.04
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -219,19 +231,24 @@ class PoolEvaluator:
         self.advance_pairs({int(m): images for m in member_indices}, stride, segmentation=segmentation)
 
     def advance_pairs(self, pairs: Dict[int, Sequence[int]], stride: int, segmentation: bool = True,
-                      phase_step: Optional[int] = None) -> None:
+                      phase_step: Optional[int] = None, offsets: Optional[Dict[int, np.ndarray]] = None,
+                      complete: bool = True) -> None:
         """:meth:`advance` for member -> images pairs. Windows of all images share batches; each batch of patches
         is extracted once and fed to every member that needs it. ``phase_step``: the stride's windows are the
         phase-cycled grid of :func:`patching.phased_offsets` (on the U-map grid of that step) instead of the plain
-        grid."""
+        grid. ``offsets``: image -> the windows to add instead of a grid (a racing round: part of the stride's
+        grid); ``complete=False``: the members have not yet seen the whole grid of ``stride``, so the stride they
+        are reported at stays the previous one."""
         member_indices = [m for m in pairs if len(pairs[m])]
         image_indices = sorted({i for m in member_indices for i in pairs[m]})
 
-        def windows(shape):
+        def windows(i):
+            if offsets is not None:
+                return np.asarray(offsets[i], np.int64).reshape(-1, 2)
             if phase_step:
-                return phased_offsets(shape, self.patch, stride, phase_step)
-            return make_grid(shape, self.patch, stride).offsets
-        grids = {i: {tuple(o) for o in windows(self.images[i].shape[1:]).tolist()} for i in image_indices}
+                return phased_offsets(self.images[i].shape[1:], self.patch, stride, phase_step)
+            return make_grid(self.images[i].shape[1:], self.patch, stride).offsets
+        grids = {i: {tuple(o) for o in windows(i).tolist()} for i in image_indices}
         todo = {}
         for m in member_indices:
             todo[m] = set()
@@ -270,6 +287,8 @@ class PoolEvaluator:
                     if s_rows:
                         st.seg.add(probs[s_rows].permute(1, 0, 2, 3), np.asarray([items[r][1:] for r in s_rows]))
                         st.seg_needed.difference_update(items[r][1:] for r in s_rows)
+        if not complete:
+            return
         for m in member_indices:
             for i in pairs[m]:
                 st = self.states[m][i]
@@ -298,7 +317,7 @@ def _rank(evals: Dict[str, MemberEvaluation], names: Sequence[str]) -> List[str]
 
 def select_members(pool_or_members, images: Sequence[np.ndarray], *, umap_stride: int = UMAP_STRIDE,
                    seg_stride: int = SEG_STRIDE, fast: bool = True, schedule=DEFAULT_SCHEDULE,
-                   rank_stride: Optional[int] = RANK_STRIDE,
+                   rank_stride: Optional[int] = RANK_STRIDE, race_margin: float = RACE_MARGIN,
                    patch: int = PATCH_SIZE, margin=UMAP_MARGIN, batch_size: int = 64, bf16: bool = False,
                    established: Optional[str] = None, myocardium_channel: int = MYOCARDIUM_LABEL
                    ) -> List[SelectionResult]:
@@ -329,7 +348,7 @@ def select_members(pool_or_members, images: Sequence[np.ndarray], *, umap_stride
         # never finer than the U-map stride asked for; the last stage is always at that stride
         stages = [_stage(st) for st in schedule if int(st[0]) >= int(umap_stride)]
         if not stages or stages[-1][0] != int(umap_stride):
-            stages.append((int(umap_stride), 1, 0.0, False))
+            stages.append((int(umap_stride), 1, 0.0, None))
         # stage 1: every member on every image at the ranking stride, all in shared batches
         first = int(seg_stride) if rank_stride is None else max(int(rank_stride), int(seg_stride))
         lead, trail = _margins(margin, (patch, patch))
@@ -339,7 +358,7 @@ def select_members(pool_or_members, images: Sequence[np.ndarray], *, umap_stride
         n_img = len(ev.images)
         evals = [{ev.names[m]: ev.evaluation(m, i) for m in all_idx} for i in range(n_img)]
         candidates = [list(ev.names) for _ in range(n_img)]
-        for stride, max_members, tol, phased in stages:
+        for stride, max_members, tol, kind in stages:
             pairs: Dict[int, List[int]] = {}
             for i in range(n_img):
                 ranked = _rank(evals[i], candidates[i])
@@ -348,7 +367,11 @@ def select_members(pool_or_members, images: Sequence[np.ndarray], *, umap_stride
                                  if n == ranked[0] or (math.isfinite(best) and evals[i][n].upp <= best * (1.0 + tol))]
                 for n in candidates[i]:
                     pairs.setdefault(ev.names.index(n), []).append(i)
-            ev.advance_pairs(pairs, stride, phase_step=int(umap_stride) if phased and stride > umap_stride else None)
+            if kind == "race":
+                _race(ev, evals, candidates, stride, race_margin)
+                continue
+            ev.advance_pairs(pairs, stride,
+                             phase_step=int(umap_stride) if kind == "phased" and stride > umap_stride else None)
             for m, imgs in pairs.items():
                 for i in imgs:
                     evals[i][ev.names[m]] = ev.evaluation(m, i)
@@ -371,10 +394,50 @@ def select_members(pool_or_members, images: Sequence[np.ndarray], *, umap_stride
 
 
 def _stage(stage) -> tuple:
-    """(stride, max_members, tolerance[, "phased"]) -> (stride, max_members, tolerance, phased)."""
-    if len(stage) not in (3, 4) or (len(stage) == 4 and stage[3] not in ("phased", True, False, None)):
-        raise InvalidParameterError(f"a schedule stage is (stride, max_members, tolerance[, 'phased']), got {stage!r}")
-    return int(stage[0]), int(stage[1]), float(stage[2]), len(stage) == 4 and stage[3] in ("phased", True)
+    """(stride, max_members, tolerance[, "phased" | "race"]) -> (stride, max_members, tolerance, kind or None)."""
+    if len(stage) not in (3, 4) or (len(stage) == 4 and stage[3] not in ("phased", "race", True, False, None)):
+        raise InvalidParameterError("a schedule stage is (stride, max_members, tolerance[, 'phased' | 'race']), "
+                                    f"got {stage!r}")
+    kind = stage[3] if len(stage) == 4 else None
+    kind = "phased" if kind is True else (None if kind is False else kind)
+    return int(stage[0]), int(stage[1]), float(stage[2]), kind
+
+
+def _race(ev: PoolEvaluator, evals: List[Dict[str, MemberEvaluation]], candidates: List[List[str]], stride: int,
+          margin: float) -> None:
+    """A racing stage: the candidates of each image see the windows of the stride's grid in rounds of start phases
+    (``patching.phase_rounds``); after each round, a member whose U_pp on the windows seen so far exceeds the best
+    one's by more than ``margin * sqrt((N - n) / n)`` (n of the N grid windows seen) drops out. The last round
+    completes the grid, so the survivors' U_pp are exact, and a clear loser costs a round or two instead of the
+    whole grid. Updates ``evals`` and ``candidates`` (the survivors) in place."""
+    names = ev.names
+    rounds = {i: phase_rounds(ev.images[i].shape[1:], ev.patch, stride) for i in range(len(ev.images))}
+    grid = {i: {tuple(o) for r in rounds[i] for o in r.tolist()} for i in rounds}
+    alive = {i: [names.index(n) for n in candidates[i]] for i in rounds}
+    for r in range(max(len(v) for v in rounds.values())):
+        for complete in (False, True):          # images whose grid this round completes are reported at the stride
+            group = [i for i in rounds if r < len(rounds[i]) and (r == len(rounds[i]) - 1) == complete]
+            pairs: Dict[int, List[int]] = {}
+            for i in group:
+                for m in alive[i]:
+                    pairs.setdefault(m, []).append(i)
+            if not pairs:
+                continue
+            ev.advance_pairs(pairs, stride, offsets={i: rounds[i][r] for i in group}, complete=complete)
+            for m, imgs in pairs.items():
+                for i in imgs:
+                    evals[i][names[m]] = ev.evaluation(m, i)
+            if complete:
+                continue
+            for i in group:
+                ups = [evals[i][names[m]].upp for m in alive[i]]
+                best = min(ups)
+                n = len(ev.states[alive[i][0]][i].umap_done & grid[i])     # the grid's windows seen so far
+                if math.isfinite(best) and n:
+                    tol = float(margin) * math.sqrt(max(len(grid[i]) - n, 0) / n)
+                    alive[i] = [m for m, u in zip(alive[i], ups) if u <= best * (1.0 + tol)]
+    for i in rounds:
+        candidates[i] = [names[m] for m in alive[i]]
 
 
 def _result(evals: Dict[str, MemberEvaluation], names: Sequence[str], established: Optional[str], mode: str,

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from PerfusionDAUGSLib.patching import (PatchAccumulator, check_coverage, contribution_mask, contribution_rects,
-                                        extract_patches, iter_patch_batches, make_grid, patch_offsets, phased_offsets)
+                                        extract_patches, iter_patch_batches, make_grid, patch_offsets, phase_rounds,
+                                        phased_offsets)
 from PerfusionDAUGSLib.selection import PoolEvaluator, select_members
 from PerfusionDAUGSLib.umap import labels_from_probabilities, uncertainty_scores
 from PerfusionSegLib.errors import InvalidParameterError
@@ -283,6 +284,44 @@ def test_a_phased_stage_keeps_the_final_umap_exact():
     assert np.allclose(fast.chosen_evaluation.umap, exhaustive.chosen_evaluation.umap, rtol=0, atol=1e-6)
     with pytest.raises(InvalidParameterError):
         select_members(members, [img], fast=True, patch=32, schedule=((8, 3, 1.0, "twisted"),))
+
+
+def test_phase_rounds_partition_the_grid_into_image_wide_rounds():
+    grid = {tuple(o) for o in make_grid((128, 128), 64, 2).offsets.tolist()}
+    rounds = phase_rounds((128, 128), 64, 2)
+    assert len(rounds) == 8                                         # 16 start phases, 2 a round
+    seen = [tuple(o) for r in rounds for o in r.tolist()]
+    assert len(seen) == len(set(seen)) == len(grid) == 1089 and set(seen) == grid
+    for r in rounds:
+        assert len({(y % 8, x % 8) for y, x in r.tolist()}) == 2    # two phases a round ...
+        assert r[:, 0].min() <= 6 and r[:, 0].max() >= 58 and r[:, 1].min() <= 6 and r[:, 1].max() >= 58  # ... image-wide
+    # the first two rounds are the stride-4 grid, whatever the image size
+    assert {tuple(o) for o in np.concatenate(rounds[:2]).tolist()} == {tuple(o) for o in make_grid((128, 128), 64, 4).offsets.tolist()}
+    odd = phase_rounds((97, 131), 64, 2)
+    assert sum(len(r) for r in odd) == len(make_grid((97, 131), 64, 2).offsets)
+    assert len(phase_rounds((64, 64), 64, 2)) == 1                # a single window: one round
+    with pytest.raises(InvalidParameterError):
+        phase_rounds((128, 128), 64, 2, per_round=0)
+
+
+def test_a_racing_stage_drops_clear_losers_early_and_keeps_the_winner_exact():
+    img, _ = ring_image(size=64, channels=2, seed=4)
+    members = _planted_pool()
+    exhaustive = select_members(members, [img], fast=False, patch=32)[0]
+    sched = ((16, 5, 1e9), (2, 5, 1e9, "race"))          # every member with myocardium enters the race
+    raced = select_members(members, [img], fast=True, patch=32, schedule=sched, race_margin=0.02)[0]
+    # an infinite margin keeps every candidate to the end: each then has its exact stride-2 U_pp
+    full = select_members(members, [img], fast=True, patch=32, schedule=sched, race_margin=math.inf)[0]
+    assert raced.chosen == full.chosen == exhaustive.chosen == "good"
+    assert raced.upp_stride["good"] == 2
+    assert raced.upp["good"] == pytest.approx(exhaustive.upp["good"], rel=1e-9)
+    assert raced.chosen_evaluation.n_umap_patches == 289
+    for name, e in full.evaluations.items():
+        if e.umap_stride == 2:
+            assert e.upp == pytest.approx(exhaustive.upp[name], rel=1e-9)
+    dropped = [n for n, e in raced.evaluations.items() if e.umap_stride != 2 and 25 < e.n_umap_patches < 289]
+    assert dropped                                                  # the noisy members left the race part-way
+    assert raced.n_patch_forwards < full.n_patch_forwards
 
 
 def test_fast_path_never_goes_finer_than_the_umap_stride():
