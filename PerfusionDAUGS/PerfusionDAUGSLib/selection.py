@@ -26,8 +26,9 @@ in rounds of start phases (``patching.phase_rounds``; the first two rounds are t
 out as soon as its U_pp on the windows seen so far is more than ``race_margin * sqrt((N - n) / n)`` above the best
 (n of the grid's N windows seen); the survivors finish the grid, so the choice stays exact among them. In place of
 the last two default stages, a race of the best 3 within +10 % chose as the default did on 46 phantom series of the
-shipped pool, with 1-5 % fewer patch forwards (docs/daugs.md, ninth session). The default's misses are winners lost
-before its last stages, which no last stage recovers, so the default schedule is unchanged.
+shipped pool, with 1-5 % fewer patch forwards, but in smaller batches: a timed 3-slice study took as long (ratio
+1.01; docs/daugs.md, ninth session). The default's misses are winners lost before its last stages, which no last
+stage recovers, so the default schedule is unchanged.
 
 Members whose U_pp were only measured at a coarse stride keep that value, labelled with its stride (and their
 segmentation with the stride it rests on).
