@@ -242,6 +242,33 @@ def test_wall_thickness_and_cavity_sizes_in_range():
             assert r["rv_depth"].max() > 0   # every slice has an RV cavity (insertion points exist)
 
 
+def test_trabecular_layer_is_muscle_labelled_cavity_lining_the_endocardium():
+    """The training path's non-compacted layer: muscle (labelled blood pool) replaces blood only, only inside the local
+    endocardium within the layer's depth, denser next to the wall than at the layer's inner edge."""
+    from PerfusionSegLib.phantom import anatomy as A
+    rng = np.random.default_rng(1)
+    anat = A.sample_anatomy(rng, "mid")
+    layer = A.sample_trabecular_layer(rng)
+    y, x = np.mgrid[-45:45:0.2, -45:45:0.2].astype(np.float32)
+    plain, _ = A.paint(anat, x, y)
+    anat["heart"]["trabecular_layer"] = layer
+    lined, _ = A.paint(anat, x, y)
+    changed = lined != plain
+    assert changed.sum() > 500
+    assert np.all(plain[changed] == A.T["lv_blood"]) and np.all(lined[changed] == A.T["papillary"])
+    assert A.TISSUE_LABEL[A.T["papillary"]] == 1                       # counted as LV cavity
+    r_endo = A.heart_radii(anat["heart"], np.degrees(np.arctan2(y, x)))["r_endo"]
+    rho = r_endo - np.hypot(x, y)                                      # mm inside the local endocardium
+    deepest = layer["depth_mm"] * (1 + sum(a for a, _ in layer["depth_harmonics"]))
+    assert rho[changed].min() >= 0 and rho[changed].max() <= deepest + 1e-3
+    blood_or_muscle = (plain == A.T["lv_blood"])
+    outer = blood_or_muscle & (rho >= 0) & (rho < 0.2 * layer["depth_mm"])
+    inner = blood_or_muscle & (rho >= 0.8 * layer["depth_mm"]) & (rho < layer["depth_mm"])
+    assert changed[outer].mean() > changed[inner].mean()
+    # only the training path draws it: the presets' studies are as before
+    assert "trabecular_layer" not in A.sample_anatomy(np.random.default_rng(1), "mid")["heart"]
+
+
 def test_cli_writes_stress_and_rest(tmp_path):
     from PerfusionSegLib.cli import main
 

@@ -377,6 +377,9 @@ def paint(anat: dict, x: np.ndarray, y: np.ndarray) -> tuple:
         rc = heart["r_endo_mm"] - tb["radius_mm"] * (1 - tb["depth"])
         d2 = (xs - rc * np.cos(a)) ** 2 + (ys - rc * np.sin(a)) ** 2
         sub[(d2 <= tb["radius_mm"] ** 2) & (sub == T["lv_blood"])] = T["papillary"]
+    layer = heart.get("trabecular_layer")
+    if layer:
+        sub[_trabecular_layer(layer, xs, ys, th, r, r_endo) & (sub == T["lv_blood"])] = T["papillary"]
     if heart["lvot"]:
         lo = heart["lvot"]
         gap = np.abs(_angdiff(th, lo["angle_deg"])) < lo["width_deg"] / 2
@@ -391,6 +394,39 @@ def paint(anat: dict, x: np.ndarray, y: np.ndarray) -> tuple:
     depth = np.full(x.shape, -1.0, dtype=np.float32)
     depth[near] = dep
     return idx, depth
+
+
+def sample_trabecular_layer(rng: np.random.Generator) -> dict:
+    """A non-compacted (trabecular) layer lining the endocardium: muscle strands and blood interleaved below the
+    image resolution, 1.5-5 mm deep, counted as LV cavity as contouring conventions do (trabeculae and papillary
+    muscles in the blood pool). In the image it is a rough grey zone between the bright blood and the compact wall."""
+    return {"depth_mm": _u(rng, 1.5, 5.0), "fill": _u(rng, 0.4, 0.85),
+            "depth_harmonics": [[_u(rng, 0.0, 0.4), _u(rng, 0, 360)] for _ in (1, 2)],
+            # strands run roughly radially: the texture varies mostly along the wall (direction near 0 deg)
+            "modes": [[_u(rng, 1.5, 5.0), float(rng.normal(0.0, 25.0)), _u(rng, 0, 360)] for _ in range(6)]}
+
+
+def _trabecular_layer(layer: dict, x, y, theta_deg, r, r_endo) -> np.ndarray:
+    """Points of the trabecular layer that are muscle: within the layer's local depth inside the endocardium, where a
+    sum of plane waves in (arc length, depth) coordinates exceeds the level that leaves the local fill fraction,
+    which falls from ``fill`` at the wall to 0 at the layer's inner edge."""
+    from scipy.special import ndtri
+
+    th = np.radians(theta_deg)
+    depth = np.ones_like(r)
+    for k, (amp, ph) in zip((1, 2), layer["depth_harmonics"]):
+        depth += amp * np.cos(k * th - np.radians(ph))
+    depth = layer["depth_mm"] * np.clip(depth, 0.0, None)
+    rho = r_endo - r                                # mm inside the local endocardium
+    inside = (rho >= 0) & (rho < depth)
+    arc = th * r_endo
+    pattern = np.zeros(r.shape, dtype=np.float32)
+    for wl, direction, phase in layer["modes"]:
+        d = np.radians(direction)
+        pattern += np.sin((2 * np.pi / wl) * (np.cos(d) * arc + np.sin(d) * rho) + np.radians(phase))
+    frac = layer["fill"] * np.sqrt(np.clip(1 - rho / np.maximum(depth, 1e-3), 0, 1))
+    level = np.sqrt(len(layer["modes"]) / 2.0) * ndtri(np.clip(1 - frac, 1e-6, 1 - 1e-6))
+    return inside & (pattern > level)
 
 
 def _block_mean(a: np.ndarray, f: int) -> np.ndarray:

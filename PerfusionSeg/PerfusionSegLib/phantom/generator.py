@@ -500,6 +500,9 @@ def dicom_header(acq: dict, thickness: float) -> dict:
 
 
 # --- fast training path ------------------------------------------------------------------------------------------------
+TRABECULAR_LAYER_FRACTION = 0.5   # training slices whose cavity is lined by a non-compacted layer (anatomy.py)
+
+
 def generate_training_slice(rng: np.random.Generator, preset: str = "randomised", n_frames: int = 30,
                             size: Optional[int] = None, *, pixel_mm: Optional[float] = None,
                             frame_interval_s: Optional[float] = None, level: Optional[str] = None,
@@ -540,6 +543,8 @@ def generate_training_slice(rng: np.random.Generator, preset: str = "randomised"
         anat["heart"]["trabeculae"] += [
             {"angle_deg": float(rng.uniform(0, 360)), "radius_mm": float(rng.uniform(0.5, 2.2)),
              "depth": float(rng.uniform(-2.0, 0.8))} for _ in range(int(rng.integers(8, 40)))]
+    if rng.random() < TRABECULAR_LAYER_FRACTION:
+        anat["heart"]["trabecular_layer"] = A.sample_trabecular_layer(rng)
     circ = K.sample_circulation(rng, condition)
     # clinical single-bolus doses put 8-15 mmol/L in the LV of the images: training covers them whatever the preset
     circ["lv_peak_mmol"] = float(rng.uniform(*_peak_range((2.0, 15.0), condition)))
