@@ -233,13 +233,13 @@ class PoolEvaluator:
 
     def advance_pairs(self, pairs: Dict[int, Sequence[int]], stride: int, segmentation: bool = True,
                       phase_step: Optional[int] = None, offsets: Optional[Dict[int, np.ndarray]] = None,
-                      complete: bool = True) -> None:
+                      unfinished: Sequence[int] = ()) -> None:
         """:meth:`advance` for member -> images pairs. Windows of all images share batches; each batch of patches
         is extracted once and fed to every member that needs it. ``phase_step``: the stride's windows are the
         phase-cycled grid of :func:`patching.phased_offsets` (on the U-map grid of that step) instead of the plain
         grid. ``offsets``: image -> the windows to add instead of a grid (a racing round: part of the stride's
-        grid); ``complete=False``: the members have not yet seen the whole grid of ``stride``, so the stride they
-        are reported at stays the previous one."""
+        grid); ``unfinished``: images whose grid of ``stride`` the members have not seen whole yet, where the stride
+        they are reported at stays the previous one."""
         member_indices = [m for m in pairs if len(pairs[m])]
         image_indices = sorted({i for m in member_indices for i in pairs[m]})
 
@@ -288,10 +288,10 @@ class PoolEvaluator:
                     if s_rows:
                         st.seg.add(probs[s_rows].permute(1, 0, 2, 3), np.asarray([items[r][1:] for r in s_rows]))
                         st.seg_needed.difference_update(items[r][1:] for r in s_rows)
-        if not complete:
-            return
         for m in member_indices:
             for i in pairs[m]:
+                if i in unfinished:
+                    continue
                 st = self.states[m][i]
                 st.stride_reached = int(stride) if st.stride_reached is None else min(st.stride_reached, int(stride))
 
@@ -416,27 +416,23 @@ def _race(ev: PoolEvaluator, evals: List[Dict[str, MemberEvaluation]], candidate
     grid = {i: {tuple(o) for r in rounds[i] for o in r.tolist()} for i in rounds}
     alive = {i: [names.index(n) for n in candidates[i]] for i in rounds}
     for r in range(max(len(v) for v in rounds.values())):
-        for complete in (False, True):          # images whose grid this round completes are reported at the stride
-            group = [i for i in rounds if r < len(rounds[i]) and (r == len(rounds[i]) - 1) == complete]
-            pairs: Dict[int, List[int]] = {}
-            for i in group:
-                for m in alive[i]:
-                    pairs.setdefault(m, []).append(i)
-            if not pairs:
-                continue
-            ev.advance_pairs(pairs, stride, offsets={i: rounds[i][r] for i in group}, complete=complete)
-            for m, imgs in pairs.items():
-                for i in imgs:
-                    evals[i][names[m]] = ev.evaluation(m, i)
-            if complete:
-                continue
-            for i in group:
-                ups = [evals[i][names[m]].upp for m in alive[i]]
-                best = min(ups)
-                n = len(ev.states[alive[i][0]][i].umap_done & grid[i])     # the grid's windows seen so far
-                if math.isfinite(best) and n:
-                    tol = float(margin) * math.sqrt(max(len(grid[i]) - n, 0) / n)
-                    alive[i] = [m for m, u in zip(alive[i], ups) if u <= best * (1.0 + tol)]
+        group = [i for i in rounds if r < len(rounds[i])]
+        racing = [i for i in group if r < len(rounds[i]) - 1]       # not this image's last round
+        pairs: Dict[int, List[int]] = {}
+        for i in group:
+            for m in alive[i]:
+                pairs.setdefault(m, []).append(i)
+        ev.advance_pairs(pairs, stride, offsets={i: rounds[i][r] for i in group}, unfinished=racing)
+        for m, imgs in pairs.items():
+            for i in imgs:
+                evals[i][names[m]] = ev.evaluation(m, i)
+        for i in racing:
+            ups = [evals[i][names[m]].upp for m in alive[i]]
+            best = min(ups)
+            n = len(ev.states[alive[i][0]][i].umap_done & grid[i])     # the grid's windows seen so far
+            if math.isfinite(best) and n:
+                tol = float(margin) * math.sqrt(max(len(grid[i]) - n, 0) / n)
+                alive[i] = [m for m, u in zip(alive[i], ups) if u <= best * (1.0 + tol)]
     for i in rounds:
         candidates[i] = [names[m] for m in alive[i]]
 
