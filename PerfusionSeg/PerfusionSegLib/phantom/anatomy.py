@@ -379,7 +379,7 @@ def paint(anat: dict, x: np.ndarray, y: np.ndarray) -> tuple:
         sub[(d2 <= tb["radius_mm"] ** 2) & (sub == T["lv_blood"])] = T["papillary"]
     layer = heart.get("trabecular_layer")
     if layer:
-        sub[_trabecular_layer(layer, xs, ys, th, r, r_endo) & (sub == T["lv_blood"])] = T["papillary"]
+        sub[_trabecular_layer(layer, th, r, r_endo) & (sub == T["lv_blood"])] = T["papillary"]
     if heart["lvot"]:
         lo = heart["lvot"]
         gap = np.abs(_angdiff(th, lo["angle_deg"])) < lo["width_deg"] / 2
@@ -406,10 +406,11 @@ def sample_trabecular_layer(rng: np.random.Generator) -> dict:
             "modes": [[_u(rng, 1.5, 5.0), float(rng.normal(0.0, 25.0)), _u(rng, 0, 360)] for _ in range(6)]}
 
 
-def _trabecular_layer(layer: dict, x, y, theta_deg, r, r_endo) -> np.ndarray:
+def _trabecular_layer(layer: dict, theta_deg, r, r_endo) -> np.ndarray:
     """Points of the trabecular layer that are muscle: within the layer's local depth inside the endocardium, where a
     sum of plane waves in (arc length, depth) coordinates exceeds the level that leaves the local fill fraction,
-    which falls from ``fill`` at the wall to 0 at the layer's inner edge."""
+    which falls from ``fill`` at the wall to 0 at the layer's inner edge. (The arc length restarts at -180 deg, so
+    the strand pattern has one seam there; left as measured in docs/phantom.md.)"""
     from scipy.special import ndtri
 
     th = np.radians(theta_deg)
