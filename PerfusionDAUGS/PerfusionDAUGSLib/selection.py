@@ -22,13 +22,13 @@ a later stage only runs the patches it adds and the last stage is exact):
    member's segmentation is completed at the segmentation stride.
 
 A stage may instead be a race, ``(stride, max_members, tolerance, "race")``: its candidates see the stride's windows
-in rounds of start phases (``patching.phase_rounds``; the first two rounds are the stride-4 grid) and a member drops
-out as soon as its U_pp on the windows seen so far is more than ``race_margin * sqrt((N - n) / n)`` above the best
-(n of the grid's N windows seen); the survivors finish the grid, so the choice stays exact among them. In place of
-the last two default stages, a race of the best 3 within +10 % chose as the default did on 46 phantom series of the
-shipped pool, with 1-5 % fewer patch forwards, but in smaller batches: a timed 3-slice study took as long (ratio
-1.01; docs/daugs.md, ninth session). The default's misses are winners lost before its last stages, which no last
-stage recovers, so the default schedule is unchanged.
+in rounds of start phases (``patching.phase_rounds``; on a 128-pixel image the first two rounds are the stride-4 grid)
+and a member drops out as soon as its U_pp on the windows seen so far is more than ``race_margin * sqrt((N - n) / n)``
+above the best (n of the grid's N windows seen); the survivors finish the grid, so the choice stays exact among them.
+In place of the last two default stages, a race of the best 3 within +10 % chose as the default did on 46 phantom
+series of the shipped pool, with 1-5 % fewer patch forwards, but in smaller batches: a timed 3-slice study took as
+long (ratio 1.01; docs/daugs.md, ninth session). The default's misses are winners lost before its last stages, which
+no last stage recovers, so the default schedule is unchanged.
 
 Members whose U_pp were only measured at a coarse stride keep that value, labelled with its stride (and their
 segmentation with the stride it rests on).

@@ -295,7 +295,7 @@ def test_phase_rounds_partition_the_grid_into_image_wide_rounds():
     for r in rounds:
         assert len({(y % 8, x % 8) for y, x in r.tolist()}) == 2    # two phases a round ...
         assert r[:, 0].min() <= 6 and r[:, 0].max() >= 58 and r[:, 1].min() <= 6 and r[:, 1].max() >= 58  # ... image-wide
-    # the first two rounds are the stride-4 grid, whatever the image size
+    # on a 128-pixel image the first two rounds are the stride-4 grid
     assert {tuple(o) for o in np.concatenate(rounds[:2]).tolist()} == {tuple(o) for o in make_grid((128, 128), 64, 4).offsets.tolist()}
     odd = phase_rounds((97, 131), 64, 2)
     assert sum(len(r) for r in odd) == len(make_grid((97, 131), 64, 2).offsets)
