@@ -111,7 +111,7 @@ def sample_anatomy(rng: np.random.Generator, level: str, *, rotation_sd_deg: flo
                           int(rng.integers(0, 2))] for _ in range(int(rng.integers(60, 170)))],
     }
     # place the chest wall just in front of the RV (retrosternal gap 0-25 mm) and the spine near the back
-    (bx, _), (ba, bb) = body["centre_mm"], body["semi_axes_mm"]
+    bb = body["semi_axes_mm"][1]
     m = body["subcut_fat_mm"] + body["muscle_mm"]
     front = heart["r_endo_mm"] + heart["wall_mm"] + heart["rv_depth_mm"] + heart["rv_wall_mm"] + heart["pericardium_mm"]
     by = -(front + _u(rng, 0.0, 25.0)) + bb - m - body["anterior_muscle_mm"]

@@ -500,6 +500,8 @@ def dicom_header(acq: dict, thickness: float) -> dict:
 
 
 # --- fast training path ------------------------------------------------------------------------------------------------
+TRAIN_LV_PEAK_MMOL = (2.0, 15.0)   # training AIF peak (mmol/L): single-bolus doses saturate the LV signal
+TRAIN_MYO_GAIN = (1.0, 2.5)        # log-uniform factor on the myocardial Gd curves (domain randomisation)
 TRABECULAR_LAYER_FRACTION = 0.5   # training slices whose cavity is lined by a non-compacted layer (anatomy.py)
 
 
@@ -547,7 +549,7 @@ def generate_training_slice(rng: np.random.Generator, preset: str = "randomised"
         anat["heart"]["trabecular_layer"] = A.sample_trabecular_layer(rng)
     circ = K.sample_circulation(rng, condition)
     # clinical single-bolus doses put 8-15 mmol/L in the LV of the images: training covers them whatever the preset
-    circ["lv_peak_mmol"] = float(rng.uniform(*_peak_range((2.0, 15.0), condition)))
+    circ["lv_peak_mmol"] = float(rng.uniform(*_peak_range(TRAIN_LV_PEAK_MMOL, condition)))
     mbf = K.sample_mbf(rng, condition)
     timing = _sample_timing(rng, condition)
     # every training slice gets some per-tissue T10/PD jitter (the named presets have none): real surroundings vary
@@ -558,7 +560,7 @@ def generate_training_slice(rng: np.random.Generator, preset: str = "randomised"
     # water exchange and partial volume that the model leaves out); real SNR goes down to ~14 (measured as the
     # phantom is, which reads about 1/1.5 of the preset value); real liver and chest-wall muscle are often as bright
     # as the myocardium (a larger share of the background near myocardial intensity).
-    circ["myo_gain"] = float(np.exp(rng.uniform(0.0, np.log(2.5))))
+    circ["myo_gain"] = float(np.exp(rng.uniform(*np.log(TRAIN_MYO_GAIN))))
     acq["snr_blood_peak"] = float(np.exp(rng.uniform(np.log(20.0), np.log(80.0))))
     circ["body_gain"] = float(np.exp(rng.uniform(0.0, np.log(4.0))))
 

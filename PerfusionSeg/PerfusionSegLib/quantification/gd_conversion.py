@@ -164,7 +164,7 @@ def simulate_signal(gd: np.ndarray, params: SequenceParameters, t1_0: float, t2_
     mz = np.zeros_like(gd) if saturated else np.ones_like(gd)
     if saturated:   # free recovery from (1 - efficiency) until the first readout pulse
         mz = 1.0 - params.saturation_efficiency * np.exp(-params.first_readout_delay_s / t1)
-    e1, e2 = np.exp(-tr / t1), np.exp(-tr / t2)
+    e1 = np.exp(-tr / t1)
     t2star_loss = np.exp(-params.echo_time_s * params.r2star * gd)
     if params.sequence == "flash" or (not saturated and params.pd_sequence == "flash"):
         # spoiled gradient echo: only Mz carries from one TR to the next
