@@ -109,6 +109,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--lr-halve-every", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--loss", choices=("ce", "ce+jaccard"), default="ce",
+                    help="training loss (DAUGS: cross-entropy; Xue: cross-entropy plus soft Jaccard)")
     ap.add_argument("--evaluate-only", action="store_true",
                     help="no training: test the last checkpoint already in --work/run")
     args = ap.parse_args(argv)
@@ -125,7 +127,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     recipe = DAUGS2024.replace(batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch, lr=args.lr,
                                lr_halve_every=args.lr_halve_every, epochs=1000, early_stop_patience=None,
-                               bank_size=192, val_slices=24)
+                               bank_size=192, val_slices=24, loss=args.loss)
     t0 = time.time()
     if args.evaluate_only:
         history = json.loads((args.work / "run" / "history.json").read_text())
