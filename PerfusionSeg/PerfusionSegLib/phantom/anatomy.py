@@ -420,14 +420,17 @@ def _trabecular_layer(layer: dict, theta_deg, r, r_endo) -> np.ndarray:
     depth = layer["depth_mm"] * np.clip(depth, 0.0, None)
     rho = r_endo - r                                # mm inside the local endocardium
     inside = (rho >= 0) & (rho < depth)
-    arc = th * r_endo
-    pattern = np.zeros(r.shape, dtype=np.float32)
+    # the strand texture only where it can matter: the layer is a thin band of the painted region
+    rho, depth, arc = rho[inside], depth[inside], (th * r_endo)[inside]
+    pattern = np.zeros(rho.shape, dtype=np.float32)
     for wl, direction, phase in layer["modes"]:
         d = np.radians(direction)
         pattern += np.sin((2 * np.pi / wl) * (np.cos(d) * arc + np.sin(d) * rho) + np.radians(phase))
     frac = layer["fill"] * np.sqrt(np.clip(1 - rho / np.maximum(depth, 1e-3), 0, 1))
     level = np.sqrt(len(layer["modes"]) / 2.0) * ndtri(np.clip(1 - frac, 1e-6, 1 - 1e-6))
-    return inside & (pattern > level)
+    muscle = np.zeros(r.shape, dtype=bool)
+    muscle[inside] = pattern > level
+    return muscle
 
 
 def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
