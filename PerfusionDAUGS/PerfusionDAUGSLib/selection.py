@@ -373,9 +373,7 @@ def select_members(pool_or_members, images: Sequence[np.ndarray], *, umap_stride
                 continue
             ev.advance_pairs(pairs, stride,
                              phase_step=int(umap_stride) if kind == "phased" and stride > umap_stride else None)
-            for m, imgs in pairs.items():
-                for i in imgs:
-                    evals[i][ev.names[m]] = ev.evaluation(m, i)
+            _refresh(ev, evals, pairs)
         for i in range(n_img):
             res = _result(evals[i], ev.names, est, "fast", ev, final=candidates[i])
             if res.evaluations[res.chosen].umap_stride != int(umap_stride):   # fallback member: give it its U-map
@@ -404,6 +402,13 @@ def _stage(stage) -> tuple:
     return int(stage[0]), int(stage[1]), float(stage[2]), kind
 
 
+def _refresh(ev: PoolEvaluator, evals: List[Dict[str, MemberEvaluation]], pairs: Dict[int, List[int]]) -> None:
+    """Re-read the evaluation of every member -> images pair that was just advanced."""
+    for m, imgs in pairs.items():
+        for i in imgs:
+            evals[i][ev.names[m]] = ev.evaluation(m, i)
+
+
 def _race(ev: PoolEvaluator, evals: List[Dict[str, MemberEvaluation]], candidates: List[List[str]], stride: int,
           margin: float) -> None:
     """A racing stage: the candidates of each image see the windows of the stride's grid in rounds of start phases
@@ -423,9 +428,7 @@ def _race(ev: PoolEvaluator, evals: List[Dict[str, MemberEvaluation]], candidate
             for m in alive[i]:
                 pairs.setdefault(m, []).append(i)
         ev.advance_pairs(pairs, stride, offsets={i: rounds[i][r] for i in group}, unfinished=racing)
-        for m, imgs in pairs.items():
-            for i in imgs:
-                evals[i][names[m]] = ev.evaluation(m, i)
+        _refresh(ev, evals, pairs)
         for i in racing:
             ups = [evals[i][names[m]].upp for m in alive[i]]
             best = min(ups)
