@@ -24,7 +24,7 @@ from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
-PRESETS = ["randomised"] * 3 + ["siemens-flash-3t", "siemens-bssfp-3t", "siemens-flash-1p5t", "ge-gre-3t"]
+import phantom_transfer_check as ptc  # noqa: E402  (its training preset mix and its ml_perfusion loader)
 
 
 def contrast_stats(series: np.ndarray, labels: np.ndarray, cavity: int = 1, myo: int = 2):
@@ -58,10 +58,9 @@ def main(argv=None):
     if args.myo_gain:
         G.TRAIN_MYO_GAIN = tuple(args.myo_gain)
     rng = np.random.default_rng(args.seed)
-    rows = [contrast_stats(*G.generate_training_slice(rng, PRESETS[i % len(PRESETS)])) for i in range(args.n)]
+    rows = [contrast_stats(*G.generate_training_slice(rng, ptc.PRESETS[i % len(ptc.PRESETS)])) for i in range(args.n)]
     print("| data | slices | myo/core | ring/core | LV/myo enhancement |\n|---|---|---|---|---|")
     print(summary(f"training slices (AIF peak {G.TRAIN_LV_PEAK_MMOL}, myo gain {G.TRAIN_MYO_GAIN})", rows))
-    import phantom_transfer_check as ptc
     if not ptc.DATA.parent.joinpath("ml_perfusion_subset").is_dir():
         print("ml_perfusion_subset not found under ../shared/data: real row skipped")
         return
