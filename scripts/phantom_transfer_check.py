@@ -72,6 +72,44 @@ def myocardium_dice(pred: np.ndarray, ref: np.ndarray) -> float:
     return float(2 * (p & r).sum() / max(1, p.sum() + r.sum()))
 
 
+def false_positive_split(preds, refs, near_px: float = 6.0) -> dict:
+    """Where the wrongly predicted myocardium lies in the reference, as fractions of the true-positive myocardium
+    summed over the cases: inside the labelled blood pool ("pool"), in background within ``near_px`` of the labelled
+    heart ("near"), or further away ("far")."""
+    from scipy import ndimage
+
+    tp, out = 0, {"pool": 0, "near": 0, "far": 0}
+    for pred, ref in zip(preds, refs):
+        fp = (pred == 2) & (ref != 2)
+        tp += int(((pred == 2) & (ref == 2)).sum())
+        dist = ndimage.distance_transform_edt(ref == 0)
+        out["pool"] += int((fp & (ref == 1)).sum())
+        out["near"] += int((fp & (ref == 0) & (dist <= near_px)).sum())
+        out["far"] += int((fp & (ref == 0) & (dist > near_px)).sum())
+    return {k: round(v / max(tp, 1), 3) for k, v in out.items()}
+
+
+def wall_ratio(pred: np.ndarray, ref: np.ndarray, n_rays: int = 90) -> float:
+    """Median myocardial wall thickness of the prediction over that of the reference, counted in pixels along rays
+    from the reference blood pool's centre (NaN when either has no wall on most rays)."""
+    from scipy import ndimage
+
+    if not (ref == 1).any():
+        return float("nan")
+    cy, cx = ndimage.center_of_mass(ref == 1)
+    r = np.arange(0.0, 64.0, 0.5)
+    thick = []
+    for mask in (pred == 2, ref == 2):
+        per_ray = []
+        for a in np.linspace(0, 2 * np.pi, n_rays, endpoint=False):
+            y = np.clip(np.round(cy + r * np.sin(a)).astype(int), 0, mask.shape[0] - 1)
+            x = np.clip(np.round(cx + r * np.cos(a)).astype(int), 0, mask.shape[1] - 1)
+            per_ray.append(0.5 * mask[y, x].sum())
+        per_ray = np.array(per_ray)
+        thick.append(np.median(per_ray[per_ray > 0]) if (per_ray > 0).mean() > 0.5 else np.nan)
+    return float(thick[0] / thick[1])
+
+
 def picture(cases, preds, scores, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -144,19 +182,30 @@ def main(argv=None) -> int:
     preds = {level: predict_labels(model.network, img, recipe, "cpu") for level, img, _ in cases}
     scores = {level: myocardium_dice(preds[level], ref) for level, _, ref in cases}
     mean = float(np.mean(list(scores.values())))
-    ml = [myocardium_dice(predict_labels(model.network, img, recipe, "cpu"), ref) for _, img, ref in load_ml_perfusion()]
+    ml_cases = load_ml_perfusion()
+    ml_preds = [predict_labels(model.network, img, recipe, "cpu") for _, img, _ in ml_cases]
+    ml = [myocardium_dice(p, ref) for p, (_, _, ref) in zip(ml_preds, ml_cases)]
+    ml_refs = [c[2] for c in ml_cases]
     summary = {"minutes_budget": args.minutes, "epochs": last, "steps": last * recipe.steps_per_epoch,
                "seconds_total": round(time.time() - t0, 1), "phantom_val_dice": history[-1]["val_dice"],
                "daugs_dev_myocardium_dice": scores, "mean": mean,
                "ml_perfusion_coarse_myocardium_dice": {"n": len(ml), "mean": float(np.mean(ml)) if ml else None,
-                                                       "median": float(np.median(ml)) if ml else None},
+                                                       "median": float(np.median(ml)) if ml else None,
+                                                       "false_positive_of_tp": false_positive_split(ml_preds, ml_refs),
+                                                       "wall_ratio_median": float(np.nanmedian(
+                                                           [wall_ratio(p, r) for p, r in zip(ml_preds, ml_refs)]))
+                                                       if ml else None},
+               "daugs_dev_false_positive_of_tp": false_positive_split([preds[c[0]] for c in cases],
+                                                                      [c[2] for c in cases]),
+               "daugs_dev_wall_ratio": {level: wall_ratio(preds[level], ref) for level, _, ref in cases},
                "recipe": recipe.to_dict(),
                "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"phantom_transfer_{args.tag}.json").write_text(json.dumps(summary, indent=1))
     picture(cases, preds, scores, args.out / f"phantom_transfer_{args.tag}.png")
     print(json.dumps({k: summary[k] for k in ("epochs", "daugs_dev_myocardium_dice", "mean",
-                                                      "ml_perfusion_coarse_myocardium_dice", "seconds_total")}))
+                                              "ml_perfusion_coarse_myocardium_dice", "daugs_dev_false_positive_of_tp",
+                                              "daugs_dev_wall_ratio", "seconds_total")}))
     return 0
 
 

@@ -352,3 +352,24 @@ def test_insertion_point_solve_inverts_the_forward_warp():
     # the pose-only inverse (warp ignored) misses it by the warp displacement
     ay, ax = A._from_body_point(21.0, -13.0, anat, grid)
     assert np.hypot(ay - py, ax - px) > 1e-3
+
+
+def test_pulmonary_delay_override_holds_the_lv_foot_back():
+    """``pulmonary_delay_s`` (an override; the draws have none) keeps the LV curve at zero until the bolus has crossed
+    the lungs' shortest path, and generate_study passes it through."""
+    from PerfusionSegLib.phantom import kinetics as K
+
+    circ = K.sample_circulation(np.random.default_rng(3), "stress")
+    assert "pulmonary_delay_s" not in circ
+    circ.update(recirculation_fraction=0.0)
+    t, blood0 = K.circulation_curves(circ, 60.0)
+    t, blood = K.circulation_curves(dict(circ, pulmonary_delay_s=4.0), 60.0)
+    foot = lambda c: t[np.argmax(c > 1e-9 * c.max())]
+    assert foot(blood["rv_blood"]) == pytest.approx(circ["rv_arrival_s"], abs=0.11)
+    assert foot(blood["lv_blood"]) - foot(blood["rv_blood"]) == pytest.approx(4.0, abs=0.25)
+    assert foot(blood0["lv_blood"]) - foot(blood0["rv_blood"]) < 0.5      # without it the lungs pass it on at once
+    np.testing.assert_allclose(blood["rv_blood"], blood0["rv_blood"])
+    a = generate_study("siemens-flash-3t", seed=2, n_slices=1, noise=False, aif_images=False)
+    b = generate_study("siemens-flash-3t", seed=2, n_slices=1, noise=False, aif_images=False, pulmonary_delay_s=4.0)
+    assert b.params["circulation"]["pulmonary_delay_s"] == 4.0
+    assert np.argmax(b.study.aif.curve) > np.argmax(a.study.aif.curve)

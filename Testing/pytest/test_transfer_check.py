@@ -51,3 +51,21 @@ def test_ml_perfusion_cases_are_centred_network_inputs_with_project_codes():
         assert abs(cy - 63.5) < 3 and abs(cx - 63.5) < 3
     assert script.myocardium_dice(cases[0][2], cases[0][2]) == 1.0
     assert script.myocardium_dice(np.zeros((4, 4)), np.full((4, 4), 2)) == 0.0
+
+
+def test_false_positive_split_and_wall_ratio_on_known_shapes():
+    """Rings with known radii: a prediction one pixel thicker inward puts exactly that ring inside the pool."""
+    script = _script()
+    yy, xx = np.mgrid[:128, :128]
+    r = np.hypot(yy - 64, xx - 64)
+    ref = np.where(r < 20, 1, np.where(r < 28, 2, 0)).astype(np.uint8)
+    pred = np.where(r < 16, 1, np.where(r < 28, 2, 0)).astype(np.uint8)       # wall 12 px against 8
+    far = np.zeros_like(pred)
+    far[5:9, 5:9] = 2                                                         # 16 px far from the heart
+    split = script.false_positive_split([pred, far], [ref, ref])
+    tp = int(((pred == 2) & (ref == 2)).sum())
+    assert split["pool"] == round(int(((r >= 16) & (r < 20)).sum()) / tp, 3)
+    assert split["near"] == 0.0 and split["far"] == round(16 / tp, 3)
+    assert script.wall_ratio(pred, ref) == pytest.approx(12 / 8, rel=0.1)
+    assert script.wall_ratio(ref, ref) == 1.0
+    assert np.isnan(script.wall_ratio(pred, np.zeros_like(ref)))

@@ -74,7 +74,8 @@ _NUMERIC_OVERRIDES = {
     "n_frames": ("timing", 10, 400),
     "global_mbf": ("mbf", 0.1, 8.0),
     "lv_peak_mmol": ("circulation", 0.5, 15.0), "rv_arrival_s": ("circulation", 0.0, 60.0),
-    "pulmonary_transit_s": ("circulation", 1.0, 20.0), "recirculation_fraction": ("circulation", 0.0, 0.9),
+    "pulmonary_transit_s": ("circulation", 1.0, 20.0), "pulmonary_delay_s": ("circulation", 0.0, 15.0),
+    "recirculation_fraction": ("circulation", 0.0, 0.9),
     "flip_deg": ("acquisition", 1.0, 90.0), "ts_ms": ("acquisition", 5.0, 1000.0), "tr_ms": ("acquisition", 1.0, 10.0),
     "n_lines": ("acquisition", 8, 256), "snr_blood_peak": ("acquisition", 1.0, 10000.0), "motion_mm": ("acquisition", 0.0, 20.0),
     "fov_x_mm": ("acquisition", 100.0, 600.0), "slice_mm": ("acquisition", 1.0, 20.0), "r1": ("acquisition", 1.0, 10.0),
@@ -376,7 +377,7 @@ def generate_study(preset: str = P.DEFAULT_PRESET, seed: int = 0, condition: str
     if "myo_model" in ov:
         circ["myo_model"] = ov.pop("myo_model")
     for k in list(ov):
-        if k in circ:
+        if k in circ or _NUMERIC_OVERRIDES.get(k, ("",))[0] == "circulation":
             circ[k] = float(ov.pop(k))
     mbf = K.sample_mbf(rng_phys, condition)
     if "global_mbf" in ov:

@@ -105,7 +105,9 @@ def circulation_curves(p: dict, t_end: float) -> tuple:
     """Fine time grid and blood curves (mmol/L): RV, LV (= AIF), aorta, pulmonary veins/arteries."""
     t = np.arange(0.0, t_end + 40.0, DT_FINE)
     inj = gamma_variate(t, p["rv_arrival_s"], p["bolus_tp_s"], p["bolus_alpha"])
-    h_pulm = transit_kernel(t, p["pulmonary_transit_s"], p["pulmonary_shape"])
+    # an optional pure delay before the gamma dispersion (override only; the draws have none: docs/phantom.md, 11th
+    # session): the shortest path through the lungs, which holds the LV foot several beats after the RV foot
+    h_pulm = transit_kernel(t, p["pulmonary_transit_s"], p["pulmonary_shape"], p.get("pulmonary_delay_s", 0.0))
     h_sys = transit_kernel(t, p["systemic_transit_s"], p["systemic_shape"])
     rv = inj.copy()
     lv = _conv(rv, h_pulm)
