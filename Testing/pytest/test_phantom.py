@@ -269,6 +269,43 @@ def test_trabecular_layer_is_muscle_labelled_cavity_lining_the_endocardium():
     assert "trabecular_layer" not in A.sample_anatomy(np.random.default_rng(1), "mid")["heart"]
 
 
+def test_rv_trabeculae_are_muscle_labelled_rv_cavity_inside_the_crescent():
+    """RV trabeculae replace RV blood only, inside the crescent between the septum and the free wall, are counted as
+    RV cavity (label 3), and enhance like myocardium (the myo relaxation class and a myocardial curve)."""
+    from PerfusionSegLib.phantom import anatomy as A
+    from PerfusionSegLib.phantom import signal as S
+
+    rng = np.random.default_rng(4)
+    anat = A.sample_anatomy(rng, "mid")
+    bundles = A.sample_rv_trabeculae(rng) + [{"u": 0.0, "f": 0.5, "radius_mm": 0.8, "strand": True}]
+    y, x = np.mgrid[-60:60:0.25, -60:60:0.25].astype(np.float32)
+    plain, _ = A.paint(anat, x, y)
+    anat["heart"]["rv_trabeculae"] = bundles
+    with_rv, _ = A.paint(anat, x, y)
+    changed = with_rv != plain
+    assert changed.sum() > 100
+    assert np.isin(plain[changed], [A.T["rv_blood"], A.T["rv_blood_mix"]]).all()
+    assert (with_rv[changed] == A.T["rv_trabecula"]).all()
+    assert A.TISSUE_LABEL[A.T["rv_trabecula"]] == 3 and S.TISSUE_CLASS["rv_trabecula"] == "myo"
+    # the strand crosses the cavity along the crescent's centre angle: it meets the septum's side of the cavity
+    a = np.radians(anat["heart"]["rv_angle_deg"])
+    along, across = x * np.cos(a) + y * np.sin(a), -x * np.sin(a) + y * np.cos(a)
+    on_strand = changed & (np.abs(across) <= 0.8)
+    r_epi = float(A.heart_radii(anat["heart"], np.array([np.degrees(a)], dtype=np.float32))["r_epi"][0])
+    assert on_strand.any() and along[on_strand].min() < r_epi + 1.0
+    # the presets' anatomy has none; the training path draws them when switched on
+    assert "rv_trabeculae" not in A.sample_anatomy(np.random.default_rng(4), "mid")["heart"]
+    from PerfusionSegLib.phantom import generator as G
+
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(G, "RV_TRABECULAE_FRACTION", 1.0)
+    try:
+        series, labels = generate_training_slice(np.random.default_rng(8), "siemens-flash-3t", level="mid")
+    finally:
+        monkey.undo()
+    assert series.shape == (30, 128, 128) and (labels == 3).any()
+
+
 def test_cli_writes_stress_and_rest(tmp_path):
     from PerfusionSegLib.cli import main
 

@@ -20,14 +20,14 @@ import numpy as np
 TISSUES = (
     "air", "lv_blood", "lv_myo", "rv_blood", "rv_wall", "papillary", "epi_fat", "pericardium", "lung",
     "lung_artery", "lung_vein", "liver", "muscle", "subcut_fat", "spine", "aorta", "stomach", "spleen", "aortic_root",
-    "lv_blood_mix", "rv_blood_mix", "bowel",
+    "lv_blood_mix", "rv_blood_mix", "bowel", "rv_trabecula",
 )
 T = {name: i for i, name in enumerate(TISSUES)}
 # project label of every tissue (CONVENTIONS: 1 LV blood pool incl. papillary muscles, 2 LV myocardium, 3 RV blood)
 TISSUE_LABEL = np.zeros(len(TISSUES), dtype=np.uint8)
 TISSUE_LABEL[[T["lv_blood"], T["papillary"], T["lv_blood_mix"]]] = 1
 TISSUE_LABEL[T["lv_myo"]] = 2
-TISSUE_LABEL[[T["rv_blood"], T["rv_blood_mix"]]] = 3
+TISSUE_LABEL[[T["rv_blood"], T["rv_blood_mix"], T["rv_trabecula"]]] = 3   # RV trabeculae count as RV cavity
 
 
 WALL_MM = (5.0, 22.0)   # LV wall thickness limits (thinned scar to hypertrophy)
@@ -377,6 +377,22 @@ def paint(anat: dict, x: np.ndarray, y: np.ndarray) -> tuple:
         rc = heart["r_endo_mm"] - tb["radius_mm"] * (1 - tb["depth"])
         d2 = (xs - rc * np.cos(a)) ** 2 + (ys - rc * np.sin(a)) ** 2
         sub[(d2 <= tb["radius_mm"] ** 2) & (sub == T["lv_blood"])] = T["papillary"]
+    rv_cavity = (sub == T["rv_blood"]) | (sub == T["rv_blood_mix"])
+    for tb in heart.get("rv_trabeculae", []):
+        # muscle bundles of the RV cavity (trabeculae carneae, the moderator band): a disc, or a strand across the
+        # cavity from the septum to the free wall, labelled RV cavity as contouring conventions count them
+        a = float(heart["rv_angle_deg"] + tb["u"] * heart["rv_half_span_deg"])
+        ra = heart_radii(heart, np.array([a], dtype=np.float32))
+        r0, dep_a = float(ra["r_epi"][0]), float(ra["rv_depth"][0])
+        ca, sa = np.cos(np.radians(a)), np.sin(np.radians(a))
+        if tb.get("strand"):
+            along = xs * ca + ys * sa                          # radial coordinate along the strand's direction
+            across = -xs * sa + ys * ca
+            hit = (np.abs(across) <= tb["radius_mm"]) & (along >= r0) & (along <= r0 + dep_a)
+        else:
+            rc = r0 + tb["f"] * dep_a
+            hit = (xs - rc * ca) ** 2 + (ys - rc * sa) ** 2 <= tb["radius_mm"] ** 2
+        sub[hit & rv_cavity] = T["rv_trabecula"]
     layer = heart.get("trabecular_layer")
     if layer:
         sub[_trabecular_layer(layer, th, r, r_endo) & (sub == T["lv_blood"])] = T["papillary"]
@@ -404,6 +420,16 @@ def sample_trabecular_layer(rng: np.random.Generator) -> dict:
             "depth_harmonics": [[_u(rng, 0.0, 0.4), _u(rng, 0, 360)] for _ in (1, 2)],
             # strands run roughly radially: the texture varies mostly along the wall (direction near 0 deg)
             "modes": [[_u(rng, 1.5, 5.0), float(rng.normal(0.0, 25.0)), _u(rng, 0, 360)] for _ in range(6)]}
+
+
+def sample_rv_trabeculae(rng: np.random.Generator) -> list:
+    """Trabeculae of the RV cavity: 6-24 discs of 0.8-2.5 mm along the crescent, most near the free wall, and in
+    half the draws one strand 1-2 mm wide across the cavity (the moderator band)."""
+    out = [{"u": _u(rng, -0.9, 0.9), "f": float(np.sqrt(rng.uniform(0.1, 1.0))), "radius_mm": _u(rng, 0.8, 2.5)}
+           for _ in range(int(rng.integers(6, 25)))]
+    if rng.random() < 0.5:
+        out.append({"u": _u(rng, -0.5, 0.5), "f": 0.5, "radius_mm": _u(rng, 0.5, 1.0), "strand": True})
+    return out
 
 
 def _trabecular_layer(layer: dict, theta_deg, r, r_endo) -> np.ndarray:

@@ -39,6 +39,7 @@ TISSUE_CLASS = {
     "epi_fat": "fat", "pericardium": "pericardium", "lung": "lung", "lung_artery": "lung_vessel", "lung_vein": "lung_vessel",
     "liver": "liver", "muscle": "muscle", "subcut_fat": "fat", "spine": "marrow", "aorta": "blood", "stomach": "fluid",
     "spleen": "spleen", "aortic_root": "blood", "lv_blood_mix": "blood", "rv_blood_mix": "blood", "bowel": "bowel",
+    "rv_trabecula": "myo",
 }
 # lung vessels: small and oblique, so they fill only part of the 8-10 mm slice (through-plane partial volume: PD 0.35)
 # texture amplitude per relaxation class (tissue inhomogeneity; none for blood, strong speckle for lung)
