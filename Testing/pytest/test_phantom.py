@@ -242,6 +242,17 @@ def test_wall_thickness_and_cavity_sizes_in_range():
             assert r["rv_depth"].max() > 0   # every slice has an RV cavity (insertion points exist)
 
 
+def _paint_without_and_with(anat: dict, key: str, value, half_mm: float, step_mm: float):
+    """(x, y, tissue codes without, with ``anat["heart"][key] = value``) on a fine body-frame grid."""
+    from PerfusionSegLib.phantom import anatomy as A
+
+    y, x = np.mgrid[-half_mm:half_mm:step_mm, -half_mm:half_mm:step_mm].astype(np.float32)
+    plain, _ = A.paint(anat, x, y)
+    anat["heart"][key] = value
+    painted, _ = A.paint(anat, x, y)
+    return x, y, plain, painted
+
+
 def test_trabecular_layer_is_muscle_labelled_cavity_lining_the_endocardium():
     """The training path's non-compacted layer: muscle (labelled blood pool) replaces blood only, only inside the local
     endocardium within the layer's depth, denser next to the wall than at the layer's inner edge."""
@@ -249,10 +260,7 @@ def test_trabecular_layer_is_muscle_labelled_cavity_lining_the_endocardium():
     rng = np.random.default_rng(1)
     anat = A.sample_anatomy(rng, "mid")
     layer = A.sample_trabecular_layer(rng)
-    y, x = np.mgrid[-45:45:0.2, -45:45:0.2].astype(np.float32)
-    plain, _ = A.paint(anat, x, y)
-    anat["heart"]["trabecular_layer"] = layer
-    lined, _ = A.paint(anat, x, y)
+    x, y, plain, lined = _paint_without_and_with(anat, "trabecular_layer", layer, 45.0, 0.2)
     changed = lined != plain
     assert changed.sum() > 500
     assert np.all(plain[changed] == A.T["lv_blood"]) and np.all(lined[changed] == A.T["papillary"])
@@ -278,10 +286,7 @@ def test_rv_trabeculae_are_muscle_labelled_rv_cavity_inside_the_crescent():
     rng = np.random.default_rng(4)
     anat = A.sample_anatomy(rng, "mid")
     bundles = A.sample_rv_trabeculae(rng) + [{"u": 0.0, "f": 0.5, "radius_mm": 0.8, "strand": True}]
-    y, x = np.mgrid[-60:60:0.25, -60:60:0.25].astype(np.float32)
-    plain, _ = A.paint(anat, x, y)
-    anat["heart"]["rv_trabeculae"] = bundles
-    with_rv, _ = A.paint(anat, x, y)
+    x, y, plain, with_rv = _paint_without_and_with(anat, "rv_trabeculae", bundles, 60.0, 0.25)
     changed = with_rv != plain
     assert changed.sum() > 100
     assert np.isin(plain[changed], [A.T["rv_blood"], A.T["rv_blood_mix"]]).all()
