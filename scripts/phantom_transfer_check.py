@@ -184,8 +184,8 @@ def main(argv=None) -> int:
     mean = float(np.mean(list(scores.values())))
     ml_cases = load_ml_perfusion()
     ml_preds = [predict_labels(model.network, img, recipe, "cpu") for _, img, _ in ml_cases]
-    ml = [myocardium_dice(p, ref) for p, (_, _, ref) in zip(ml_preds, ml_cases)]
-    ml_refs = [c[2] for c in ml_cases]
+    ml_refs = [ref for _, _, ref in ml_cases]
+    ml = [myocardium_dice(p, ref) for p, ref in zip(ml_preds, ml_refs)]
     summary = {"minutes_budget": args.minutes, "epochs": last, "steps": last * recipe.steps_per_epoch,
                "seconds_total": round(time.time() - t0, 1), "phantom_val_dice": history[-1]["val_dice"],
                "daugs_dev_myocardium_dice": scores, "mean": mean,

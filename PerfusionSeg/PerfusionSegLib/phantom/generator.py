@@ -377,7 +377,7 @@ def generate_study(preset: str = P.DEFAULT_PRESET, seed: int = 0, condition: str
     if "myo_model" in ov:
         circ["myo_model"] = ov.pop("myo_model")
     for k in list(ov):
-        if k in circ or _NUMERIC_OVERRIDES.get(k, ("",))[0] == "circulation":
+        if _NUMERIC_OVERRIDES.get(k, ("",))[0] == "circulation":   # drawn or not (pulmonary_delay_s is not)
             circ[k] = float(ov.pop(k))
     mbf = K.sample_mbf(rng_phys, condition)
     if "global_mbf" in ov:
