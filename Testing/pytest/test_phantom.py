@@ -311,6 +311,45 @@ def test_rv_trabeculae_are_muscle_labelled_rv_cavity_inside_the_crescent():
     assert series.shape == (30, 128, 128) and (labels == 3).any()
 
 
+def test_myocardium_margin_trims_each_border_to_its_neighbour_label():
+    """The training label's partial-volume margin on a known fine grid: a 20-fine-pixel wall between blood pool and
+    RV cavity (septum) and one between pool and background lose 2 fine pixels (1 mm at 0.5 mm) on each side, and the
+    trimmed pixels take the label beside them."""
+    from PerfusionSegLib.phantom.anatomy import _myocardium_margin_labels
+
+    fine = np.zeros((8, 64), dtype=np.uint8)
+    fine[:, :20] = 1          # LV blood pool
+    fine[:, 20:40] = 2        # myocardium
+    fine[:, 40:] = 3          # RV cavity
+    out = _myocardium_margin_labels(fine, 0.5, 1.0, 2)
+    assert out.shape == (4, 32)
+    np.testing.assert_array_equal(out[0], [1] * 11 + [2] * 8 + [3] * 13)
+    fine[:, 40:] = 0
+    np.testing.assert_array_equal(_myocardium_margin_labels(fine, 0.5, 1.0, 2)[0], [1] * 11 + [2] * 8 + [0] * 13)
+    np.testing.assert_array_equal(_myocardium_margin_labels(fine, 0.5, 0.2, 2)[0], [1] * 10 + [2] * 10 + [0] * 12)
+
+
+def test_training_label_margin_changes_labels_only(monkeypatch):
+    """TRAIN_MYO_MARGIN_ACQ_PX changes the training labels only: same images, a myocardium label inside the anatomical
+    one and about one output pixel thinner on each side (half an acquired pixel); 0 gives the anatomical label."""
+    from PerfusionSegLib.phantom import generator as G
+
+    monkeypatch.setattr(G, "TRAIN_MYO_MARGIN_ACQ_PX", 0.0)
+    x0, lab0 = generate_training_slice(np.random.default_rng(21), "siemens-flash-3t", level="mid")
+    monkeypatch.setattr(G, "TRAIN_MYO_MARGIN_ACQ_PX", 0.5)
+    x1, lab1 = generate_training_slice(np.random.default_rng(21), "siemens-flash-3t", level="mid")
+    np.testing.assert_array_equal(x0, x1)
+    myo0, myo1 = lab0 == 2, lab1 == 2
+    assert myo1.any() and not (myo1 & ~myo0).any()
+    lost = myo0 & ~myo1
+    # the lost pixels are the border of the anatomical wall: every one lies within 2 pixels of non-myocardium
+    assert (ndimage.distance_transform_edt(myo0)[lost] <= 2.0).all()
+    # about one pixel per side: close to what one binary erosion (a pixel off each side) takes
+    band = myo0.sum() - ndimage.binary_erosion(myo0).sum()
+    assert 0.6 * band < lost.sum() < 1.5 * band
+    assert (lab1[lost] != 0).any() and (lab1[lost] == 1).any()
+
+
 def test_cli_writes_stress_and_rest(tmp_path):
     from PerfusionSegLib.cli import main
 

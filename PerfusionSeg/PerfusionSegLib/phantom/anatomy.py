@@ -13,6 +13,7 @@ magnetic resonance in adults and children").
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -138,6 +139,8 @@ class AnatomyMaps:
     insertion_points_yx: dict
     lv_centre_yx: tuple
     label_fractions: np.ndarray   # (4, Y, X) on the output grid
+    # labels with a partial-volume margin taken off the myocardium (``render(myo_margin_mm=...)``); None without one
+    margin_labels: Optional[np.ndarray] = None
 
 
 def _ellipse(x, y, cx, cy, a, b, angle_deg=0.0):
@@ -466,8 +469,27 @@ def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
     return a.reshape(a.shape[:-2] + (ny, f, nx, f)).mean(axis=(-3, -1), dtype=np.float32)
 
 
-def render(anat: dict, grid: Grid, *, supersample: int = 2) -> AnatomyMaps:
-    """Render ``anat`` on ``grid``: tissue fractions, labels and myocardial depth on the output pixels."""
+def _myocardium_margin_labels(lab_fine: np.ndarray, fine_mm: float, margin_mm: float, ss: int) -> np.ndarray:
+    """Output-grid labels after taking ``margin_mm`` off every border of the LV myocardium on the fine grid: a fine
+    myocardial pixel whose centre lies within the margin of a non-myocardial one takes that pixel's label (blood pool
+    on the endocardial side, RV cavity across the septum, background outside), then the majority per output pixel."""
+    from scipy import ndimage
+
+    myo = lab_fine == 2
+    dist, (iy, ix) = ndimage.distance_transform_edt(myo, return_indices=True)
+    # distance between pixel centres; the border lies half a fine pixel before the nearest non-myocardial centre
+    edge = myo & ((dist - 0.5) * fine_mm < margin_mm)
+    trimmed = lab_fine.copy()
+    trimmed[edge] = lab_fine[iy[edge], ix[edge]]
+    frac = np.stack([_block_mean((trimmed == c).astype(np.float32), ss) for c in range(4)])
+    return np.argmax(frac, axis=0).astype(np.uint8)
+
+
+def render(anat: dict, grid: Grid, *, supersample: int = 2, myo_margin_mm: float = 0.0) -> AnatomyMaps:
+    """Render ``anat`` on ``grid``: tissue fractions, labels and myocardial depth on the output pixels.
+
+    ``myo_margin_mm`` > 0 adds ``margin_labels``: the labels with that margin taken off the myocardium (a training
+    convention, see ``generator.TRAIN_MYO_MARGIN_ACQ_PX``); the fractions, ``labels`` and the rest are unchanged."""
     ss = int(supersample)
     x, y = grid.coords(ss)
     xb, yb = _to_body(x, y, anat, grid)
@@ -492,5 +514,9 @@ def render(anat: dict, grid: Grid, *, supersample: int = 2) -> AnatomyMaps:
         r_epi = float(heart_radii(heart, np.array([a], dtype=np.float32))["r_epi"][0])
         # through the full forward map (pose + elastic warp), kept at sub-pixel precision (float y, x)
         ips[name] = body_point_to_pixel(r_epi * np.cos(np.radians(a)), r_epi * np.sin(np.radians(a)), anat, grid)
+    margin_labels = None
+    if myo_margin_mm > 0:
+        margin_labels = _myocardium_margin_labels(lab_fine, float(grid.spacing) / ss, float(myo_margin_mm), ss)
     return AnatomyMaps(fractions=fractions, labels=labels, myo_depth=myo_depth, insertion_points_yx=ips,
-                       lv_centre_yx=_from_body_point(0.0, 0.0, anat, grid), label_fractions=label_fr)
+                       lv_centre_yx=_from_body_point(0.0, 0.0, anat, grid), label_fractions=label_fr,
+                       margin_labels=margin_labels)
