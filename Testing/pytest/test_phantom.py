@@ -277,7 +277,7 @@ def test_trabecular_layer_is_muscle_labelled_cavity_lining_the_endocardium():
     assert "trabecular_layer" not in A.sample_anatomy(np.random.default_rng(1), "mid")["heart"]
 
 
-def test_rv_trabeculae_are_muscle_labelled_rv_cavity_inside_the_crescent():
+def test_rv_trabeculae_are_muscle_labelled_rv_cavity_inside_the_crescent(monkeypatch):
     """RV trabeculae replace RV blood only, inside the crescent between the septum and the free wall, are counted as
     RV cavity (label 3), and enhance like myocardium (the myo relaxation class and a myocardial curve)."""
     from PerfusionSegLib.phantom import anatomy as A
@@ -302,12 +302,8 @@ def test_rv_trabeculae_are_muscle_labelled_rv_cavity_inside_the_crescent():
     assert "rv_trabeculae" not in A.sample_anatomy(np.random.default_rng(4), "mid")["heart"]
     from PerfusionSegLib.phantom import generator as G
 
-    monkey = pytest.MonkeyPatch()
-    monkey.setattr(G, "RV_TRABECULAE_FRACTION", 1.0)
-    try:
-        series, labels = generate_training_slice(np.random.default_rng(8), "siemens-flash-3t", level="mid")
-    finally:
-        monkey.undo()
+    monkeypatch.setattr(G, "RV_TRABECULAE_FRACTION", 1.0)
+    series, labels = generate_training_slice(np.random.default_rng(8), "siemens-flash-3t", level="mid")
     assert series.shape == (30, 128, 128) and (labels == 3).any()
 
 
