@@ -125,3 +125,37 @@ def test_time_budget_counts_earlier_invocations_of_a_run(tmp_path):
     assert again.seconds >= 3600
     more = train(recipe, source, [], tmp_path, max_minutes=None, progress=False, log=lambda m: None)
     assert more.epochs_done == 4
+
+
+class _ConstantLogits(torch.nn.Module):
+    """Every pixel of every patch gets the same logits, whatever the input."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = torch.tensor(logits, dtype=torch.float32)
+
+    def forward(self, x):
+        return self.logits[None, :, None, None].expand(x.shape[0], -1, *x.shape[-2:]).clone()
+
+
+def test_patch_predictions_are_labelled_with_the_daugs_rule_like_the_product():
+    from PerfusionDAUGSLib.umap import labels_from_probabilities
+    from PerfusionSegLib.training.trainer import labels_from_prediction, predict_labels, predict_probabilities
+
+    image = np.random.default_rng(0).random((30, 128, 128), dtype=np.float32)
+    recipe = DAUGS2024.replace(n_frames=30, size=128)
+    # myocardium is the most likely class (0.45) but below the DAUGS threshold 0.5: arg-max says myocardium,
+    # the published rule (and run_daugs) says blood pool, the most likely of the others
+    p = np.array([0.05, 0.40, 0.45, 0.10])
+    net = _ConstantLogits(np.log(p))
+    prob = predict_probabilities(net, image, recipe, "cpu")
+    assert prob.shape == (4, 128, 128)
+    np.testing.assert_allclose(prob[:, 64, 64], p, atol=1e-5)
+    labels = predict_labels(net, image, recipe, "cpu")
+    assert (labels == 1).all()
+    np.testing.assert_array_equal(labels, labels_from_probabilities(prob))
+    # at 0.5 or more it is myocardium
+    p2 = np.array([0.05, 0.30, 0.55, 0.10])
+    assert (predict_labels(_ConstantLogits(np.log(p2)), image, recipe, "cpu") == 2).all()
+    # the full-image (ResUNet) recipe keeps the arg-max
+    assert (labels_from_prediction(prob, XUE2020) == 2).all()

@@ -50,22 +50,37 @@ def dice_per_class(pred: np.ndarray, ref: np.ndarray, classes: Sequence[int] = (
     return out
 
 
-def predict_labels(network, image: np.ndarray, recipe: Recipe, device) -> np.ndarray:
-    """Labels of one (T, S, S) image: whole field for ResUNet, mean softmax over stride-16 patches for DAUGS."""
+def predict_probabilities(network, image: np.ndarray, recipe: Recipe, device) -> np.ndarray:
+    """Class probabilities (C, S, S) of one (T, S, S) image: the softmax of the whole field for ResUNet, the mean
+    softmax over the covering stride-16 patches for DAUGS."""
     import torch
 
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
     with torch.inference_mode():
         if recipe.patch is None:
-            prob = torch.softmax(network(x[None].to(device)), 1)[0].cpu().numpy()
-        else:
-            from PerfusionDAUGSLib.patching import accumulate, extract_patches, make_grid
+            return torch.softmax(network(x[None].to(device)), 1)[0].cpu().numpy()
+        from PerfusionDAUGSLib.patching import accumulate, extract_patches, make_grid
 
-            grid = make_grid(x.shape, patch=recipe.patch, stride=16)
-            patches = extract_patches(x, grid.offsets, grid.patch_shape).to(device)
-            probs = torch.softmax(network(patches), 1).cpu()                     # (N, C, p, p)
-            prob = accumulate(probs.permute(1, 0, 2, 3), grid.offsets, x.shape[-2:]).mean()
-    return np.argmax(prob, axis=0).astype(np.uint8)
+        grid = make_grid(x.shape, patch=recipe.patch, stride=16)
+        patches = extract_patches(x, grid.offsets, grid.patch_shape).to(device)
+        probs = torch.softmax(network(patches), 1).cpu()                     # (N, C, p, p)
+        return np.asarray(accumulate(probs.permute(1, 0, 2, 3), grid.offsets, x.shape[-2:]).mean(), np.float32)
+
+
+def labels_from_prediction(prob: np.ndarray, recipe: Recipe) -> np.ndarray:
+    """Labels from ``predict_probabilities`` as the product labels them: the arg-max for ResUNet; for DAUGS the
+    published rule that ``run_daugs`` applies (myocardium where its mean probability >= 0.5, elsewhere the arg-max of
+    the other classes), so that validation and the transfer check measure what a user gets."""
+    if recipe.patch is None:
+        return np.argmax(prob, axis=0).astype(np.uint8)
+    from PerfusionDAUGSLib.umap import labels_from_probabilities
+
+    return labels_from_probabilities(prob)
+
+
+def predict_labels(network, image: np.ndarray, recipe: Recipe, device) -> np.ndarray:
+    """Labels of one (T, S, S) image (``predict_probabilities`` then ``labels_from_prediction``)."""
+    return labels_from_prediction(predict_probabilities(network, image, recipe, device), recipe)
 
 
 def validate(network, val_set, recipe: Recipe, device) -> dict:
