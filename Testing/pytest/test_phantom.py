@@ -346,6 +346,68 @@ def test_training_label_margin_changes_labels_only(monkeypatch):
     assert all((lab1[lost] == c).any() for c in (0, 1, 3))   # outside, cavity side, and RV across the septum
 
 
+def test_slab_sub_slices_are_symmetric_about_the_central_cross_section():
+    from PerfusionSegLib.phantom.anatomy import sample_slab
+
+    rng = np.random.default_rng(4)
+    for level, (lo, hi) in (("basal", (0.0, 0.005)), ("mid", (0.004, 0.012)), ("apical", (0.01, 0.03))):
+        slab = sample_slab(rng, level, 9.0)
+        sc, sh = np.array(slab["scales"]), np.array(slab["shifts_mm"])
+        assert sc.shape == (3,) and sh.shape == (3, 2)
+        assert sc[1] == 1.0 and (sh[1] == 0).all()                  # the middle sub-slice is the cross-section itself
+        np.testing.assert_allclose(sc[0] - 1, 1 - sc[2])            # the taper is linear across the slab
+        np.testing.assert_allclose(sh[0], -sh[2])
+        taper = (sc[0] - sc[2]) / 6.0                               # sub-slice centres at -3, 0, +3 mm
+        assert lo <= taper <= hi
+        assert np.hypot(*sh[0]) <= 3.0 * np.tan(np.radians(10.0)) + 1e-9
+    for bad in (("septal", 8.0), ("mid", 0.0), ("mid", 25.0)):
+        with pytest.raises(InvalidParameterError):
+            sample_slab(rng, *bad)
+
+
+def test_slab_render_spreads_borders_and_keeps_the_labels():
+    """A slab of one unchanged sub-slice renders exactly the cross-section; a tapered, tilted slab spreads the
+    blood-myocardium border over more pixels (partial volume) while its majority labels stay close to the
+    cross-section's, and fractions still sum to 1."""
+    from PerfusionSegLib.phantom import anatomy as A
+
+    rng = np.random.default_rng(8)
+    anat = A.sample_anatomy(rng, "apical")
+    grid = A.Grid(96, 96, 1.0, (-8.0, 0.0))
+    flat = A.render(anat, grid)
+    same = A.render(anat, grid, slab={"scales": [1.0], "shifts_mm": [[0.0, 0.0]], "heart_mm": [40.0, 60.0]})
+    np.testing.assert_array_equal(flat.fractions, same.fractions)
+    np.testing.assert_array_equal(flat.labels, same.labels)
+    slab = {"scales": [1.06, 1.0, 0.94], "shifts_mm": [[-1.0, 0.5], [0.0, 0.0], [1.0, -0.5]], "heart_mm": [40.0, 60.0]}
+    thick = A.render(anat, grid, slab=slab)
+    np.testing.assert_allclose(thick.fractions.sum(0), 1.0, atol=1e-5)
+    myo_flat, myo_thick = flat.fractions[A.T["lv_myo"]], thick.fractions[A.T["lv_myo"]]
+    mixed = lambda f: int(((f > 0.05) & (f < 0.95)).sum())
+    assert mixed(myo_thick) > 1.3 * mixed(myo_flat)
+    a, b = flat.labels == 2, thick.labels == 2
+    assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.85
+    # far from the heart nothing changes
+    cy, cx = flat.lv_centre_yx
+    yy, xx = np.mgrid[0:96, 0:96]
+    far = np.hypot(yy - cy, xx - cx) > 65.0        # beyond 60 mm of the LV centre, with room for the elastic warp
+    assert far.sum() > 100
+    np.testing.assert_array_equal(flat.labels[far], thick.labels[far])
+    with pytest.raises(InvalidParameterError):
+        A.render(anat, grid, slab=slab, myo_margin_mm=1.0)
+
+
+def test_training_slabs_are_off_by_default_and_change_images_when_on(monkeypatch):
+    from PerfusionSegLib.phantom import generator as G
+
+    assert G.TRAIN_THROUGH_PLANE is False
+    x0, lab0 = generate_training_slice(np.random.default_rng(5), "siemens-flash-3t", level="mid")
+    monkeypatch.setattr(G, "TRAIN_THROUGH_PLANE", True)
+    x1, lab1 = generate_training_slice(np.random.default_rng(5), "siemens-flash-3t", level="mid")
+    assert x1.shape == x0.shape and set(np.unique(lab1)) <= {0, 1, 2, 3}
+    assert not np.array_equal(x0, x1)
+    assert 0.8 < (lab1 == 2).sum() / (lab0 == 2).sum() < 1.25
+
+
 def test_cli_writes_stress_and_rest(tmp_path):
     from PerfusionSegLib.cli import main
 

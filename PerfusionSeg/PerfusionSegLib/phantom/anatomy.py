@@ -17,6 +17,8 @@ from typing import Optional
 
 import numpy as np
 
+from ..errors import InvalidParameterError
+
 # tissue codes painted on the fine grid; order is the column order of the fraction stack
 TISSUES = (
     "air", "lv_blood", "lv_myo", "rv_blood", "rv_wall", "papillary", "epi_fat", "pericardium", "lung",
@@ -462,6 +464,42 @@ def _trabecular_layer(layer: dict, theta_deg, r, r_endo) -> np.ndarray:
     return muscle
 
 
+# Through-plane partial volume (training slices, ``sample_slab``): how fast the heart's cross-section changes along the
+# slice normal. An LV modelled as a half-ellipsoid (long semi-axis ~90 mm, radius ~25 mm) narrows by ~0.1 % of its
+# radius per mm near the base, ~0.6 % per mm at mid-ventricle and 1.5-3 % per mm toward the apex; short-axis slices are
+# also planned a few degrees off the LV axis, which shifts the cross-section along the slab.
+SLAB_TAPER_PER_MM = {"basal": (0.0, 0.005), "mid": (0.004, 0.012), "apical": (0.01, 0.03)}
+SLAB_TILT_MAX_DEG = 10.0
+SLAB_SUBSLICES = 3
+SLAB_HEART_MM = (40.0, 60.0)   # full effect within 40 mm of the LV centre, none beyond 60 mm (the surroundings)
+
+
+def sample_slab(rng: np.random.Generator, level: str, slice_mm: float, n: int = SLAB_SUBSLICES) -> dict:
+    """Sub-slices across a slab ``slice_mm`` thick: each the heart's central cross-section scaled about the LV centre
+    (the taper toward the apex) and shifted (the slice's tilt from the LV axis). ``render(slab=...)`` averages them,
+    so borders spread over a band as in real 6-10 mm slices, and takes the labels by majority over the slab."""
+    if level not in SLAB_TAPER_PER_MM:
+        raise InvalidParameterError(f"level must be one of {sorted(SLAB_TAPER_PER_MM)}, got {level!r}")
+    if not 0.0 < float(slice_mm) <= 20.0 or int(n) < 1:
+        raise InvalidParameterError(f"a slab needs 0 < slice_mm <= 20 and n >= 1, got {slice_mm!r}, {n!r}")
+    taper = float(rng.uniform(*SLAB_TAPER_PER_MM[level]))
+    tilt = np.tan(np.radians(float(rng.uniform(0.0, SLAB_TILT_MAX_DEG))))
+    phi = float(rng.uniform(0.0, 2.0 * np.pi))
+    z = (np.arange(int(n)) - (int(n) - 1) / 2.0) * float(slice_mm) / int(n)      # sub-slice centres, mm
+    return {"scales": (1.0 - taper * z).tolist(),
+            "shifts_mm": [[float(zk * tilt * np.cos(phi)), float(zk * tilt * np.sin(phi))] for zk in z],
+            "heart_mm": list(SLAB_HEART_MM)}
+
+
+def _slab_points(xb: np.ndarray, yb: np.ndarray, scale: float, shift, heart_mm) -> tuple:
+    """Body-frame points of the central cross-section seen at a sub-slice: scaled and shifted about the LV centre,
+    fading to no change between ``heart_mm[0]`` and ``heart_mm[1]`` from it."""
+    r = np.hypot(xb, yb)
+    w = np.clip((heart_mm[1] - r) / (heart_mm[1] - heart_mm[0]), 0.0, 1.0).astype(np.float32)
+    s = 1.0 + w * (float(scale) - 1.0)
+    return (xb - w * float(shift[0])) / s, (yb - w * float(shift[1])) / s
+
+
 def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
     if f == 1:
         return a.astype(np.float32)
@@ -485,27 +523,36 @@ def _myocardium_margin_labels(lab_fine: np.ndarray, fine_mm: float, margin_mm: f
     return np.argmax(frac, axis=0).astype(np.uint8)
 
 
-def render(anat: dict, grid: Grid, *, supersample: int = 2, myo_margin_mm: float = 0.0) -> AnatomyMaps:
+def render(anat: dict, grid: Grid, *, supersample: int = 2, myo_margin_mm: float = 0.0,
+           slab: Optional[dict] = None) -> AnatomyMaps:
     """Render ``anat`` on ``grid``: tissue fractions, labels and myocardial depth on the output pixels.
 
     ``myo_margin_mm`` > 0 adds ``margin_labels``: the labels with that margin taken off the myocardium (a training
-    convention, see ``generator.TRAIN_MYO_MARGIN_ACQ_PX``); the fractions, ``labels`` and the rest are unchanged."""
+    convention, see ``generator.TRAIN_MYO_MARGIN_ACQ_PX``); the fractions, ``labels`` and the rest are unchanged.
+    ``slab`` (``sample_slab``): fractions, depth and labels are taken over its sub-slices together (through-plane
+    partial volume); insertion points and the LV centre stay those of the central cross-section."""
     ss = int(supersample)
     x, y = grid.coords(ss)
     xb, yb = _to_body(x, y, anat, grid)
-    idx, depth = paint(anat, xb, yb)
+    if slab is not None and myo_margin_mm > 0:
+        raise InvalidParameterError("a myocardium margin and a slab are not combined")
+    subs = [(xb, yb)] if slab is None else [
+        _slab_points(xb, yb, sc, sh, slab["heart_mm"]) for sc, sh in zip(slab["scales"], slab["shifts_mm"])]
     k = len(TISSUES)
     ny, nx = grid.ny, grid.nx
     # one pass over the fine grid: tissue counts per output pixel by bincount of (pixel, tissue) pairs
     block = (np.arange(ny * ss) // ss)[:, None] * nx + (np.arange(nx * ss) // ss)[None, :]
-    counts = np.bincount((block * k + idx).ravel(), minlength=ny * nx * k).reshape(ny, nx, k)
-    fractions = np.ascontiguousarray(np.moveaxis(counts, -1, 0), dtype=np.float32) / float(ss * ss)
-    lab_fine = TISSUE_LABEL[idx]
+    counts, dsum = 0, 0.0
+    for px, py in subs:
+        idx, depth = paint(anat, px, py)
+        counts = counts + np.bincount((block * k + idx).ravel(), minlength=ny * nx * k)
+        dsum = dsum + _block_mean(np.where(TISSUE_LABEL[idx] == 2, depth, 0.0), ss)
+    counts = counts.reshape(ny, nx, k)
+    fractions = np.ascontiguousarray(np.moveaxis(counts, -1, 0), dtype=np.float32) / float(ss * ss * len(subs))
     label_fr = np.stack([fractions[TISSUE_LABEL == c].sum(axis=0) for c in range(4)])
     labels = np.argmax(label_fr, axis=0).astype(np.uint8)
-    myo_f = lab_fine == 2
     cnt = fractions[T["lv_myo"]]
-    dsum = _block_mean(np.where(myo_f, depth, 0.0), ss)
+    dsum = dsum / len(subs) if len(subs) > 1 else dsum
     myo_depth = np.where(cnt > 0, dsum / np.maximum(cnt, 1e-6), np.nan).astype(np.float32)
     heart = anat["heart"]
     ips = {}
@@ -516,7 +563,7 @@ def render(anat: dict, grid: Grid, *, supersample: int = 2, myo_margin_mm: float
         ips[name] = body_point_to_pixel(r_epi * np.cos(np.radians(a)), r_epi * np.sin(np.radians(a)), anat, grid)
     margin_labels = None
     if myo_margin_mm > 0:
-        margin_labels = _myocardium_margin_labels(lab_fine, float(grid.spacing) / ss, float(myo_margin_mm), ss)
+        margin_labels = _myocardium_margin_labels(TISSUE_LABEL[idx], float(grid.spacing) / ss, float(myo_margin_mm), ss)
     return AnatomyMaps(fractions=fractions, labels=labels, myo_depth=myo_depth, insertion_points_yx=ips,
                        lv_centre_yx=_from_body_point(0.0, 0.0, anat, grid), label_fractions=label_fr,
                        margin_labels=margin_labels)

@@ -219,11 +219,12 @@ def _block(a: np.ndarray, f: int) -> np.ndarray:
 def _slice_images(anat: dict, grid: A.Grid, acq: dict, circ: dict, mbf: dict, t_fine: np.ndarray, blood: dict,
                   times: np.ndarray, rng_noise: np.random.Generator, motion: dict, coils: dict, jitter: Optional[dict],
                   *, supersample: int, want_pd: bool, units: str, noise: bool = True, truth: bool = True,
-                  myo_margin_mm: float = 0.0) -> dict:
+                  myo_margin_mm: float = 0.0, slab: Optional[dict] = None) -> dict:
     """Render one slice: data (T, Y, X) float32 in ``units``, PD frames, truth pieces. ``myo_margin_mm`` (training
-    slices, ``truth=False``): the returned labels have that partial-volume margin taken off the myocardium."""
+    slices, ``truth=False``): the returned labels have that partial-volume margin taken off the myocardium.
+    ``slab``: render through-plane partial volume (``anatomy.sample_slab``)."""
     level = anat["heart"]["level"]
-    maps = A.render(anat, grid, supersample=supersample, myo_margin_mm=myo_margin_mm)
+    maps = A.render(anat, grid, supersample=supersample, myo_margin_mm=myo_margin_mm, slab=slab)
     labels = maps.labels
     ips = maps.insertion_points_yx
     if not (labels == 1).any():
@@ -514,6 +515,10 @@ RV_TRABECULAE_FRACTION = 0.0
 # the study truth are unchanged either way. 0: the anatomical label. 0.5 was tried and not kept: it failed its rule on
 # the coarse ml_perfusion labels, which are drawn thick (docs/phantom.md, twelfth session)
 TRAIN_MYO_MARGIN_ACQ_PX = 0.0
+# training slices are rendered as slabs of the preset's slice thickness (anatomy.sample_slab: the heart tapers and
+# the slice is tilted across the 6-10 mm, so real borders are spread over a band); False: one cross-section, and
+# nothing is drawn, so the slices are as before
+TRAIN_THROUGH_PLANE = False
 
 
 def generate_training_slice(rng: np.random.Generator, preset: str = "randomised", n_frames: int = 30,
@@ -597,9 +602,10 @@ def generate_training_slice(rng: np.random.Generator, preset: str = "randomised"
     shift = rng.uniform(-60, 60, 2)
     coils["coils"] = [[c[0] - shift[1], c[1] - shift[0], c[2], c[3]] for c in coils["coils"]]
     motion = S.sample_motion(rng, n_frames, times - times[0], 0.5 * float(acq["motion_mm"]))
+    slab = A.sample_slab(rng, level, float(acq["slice_mm"])) if TRAIN_THROUGH_PLANE else None
     r = _slice_images(anat, grid, acq, circ, mbf, t_fine, blood, times, rng, motion, coils, jitter,
                       supersample=2, want_pd=False, units="signal", truth=False,
-                      myo_margin_mm=TRAIN_MYO_MARGIN_ACQ_PX * float(acq["pixel_mm"]))
+                      myo_margin_mm=TRAIN_MYO_MARGIN_ACQ_PX * float(acq["pixel_mm"]), slab=slab)
     img = r["data"]
     top = float(np.percentile(img, rng.uniform(99.5, 100.0)))
     img = np.clip(img / max(top, 1e-6), 0.0, 1.0).astype(np.float32)
