@@ -134,7 +134,7 @@ def picture(cases, preds, scores, path: Path) -> None:
         ax.set_yticks([])
     fig.suptitle("expert myocardium (cyan) vs phantom-trained prediction (magenta; blood pool red, RV yellow)",
                  fontsize=7)
-    fig.tight_layout(pad=0.4)
+    fig.tight_layout(pad=0.4, rect=(0, 0, 1, 0.94))      # room for the suptitle above the panel titles
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
