@@ -8,8 +8,8 @@ generation, then segments the three expert-labelled ``../shared/data/daugs_dev``
 with a 64x64 sliding window at stride 16 (softmax averaged; myocardium where its mean probability >= 0.5, the
 published DAUGS rule that ``run_daugs`` applies, elsewhere the arg-max) and reports the myocardium Dice (DAUGS code
 1), writing a PNG of the predictions and a JSON. The JSON also gives every figure with the plain arg-max of the mean
-softmax (how this script labelled until the thirteenth session). The model tested is the last epoch of the budget: the daugs_dev slices are a test
-only, never used to choose an epoch or tune the generator. It also reports the myocardium Dice on the 47 labelled
+softmax (how this script labelled until the thirteenth session). The model tested is the last epoch of the budget:
+the daugs_dev slices are a test only, never used to choose an epoch or tune the generator. It also reports the myocardium Dice on the 47 labelled
 ml_perfusion_subset series (coarse, near-circular labels; crops centred on the labelled blood pool): the real data
 that generator changes may be judged on. Both figures are the raw sliding-window labels; the JSON adds them after
 the product's `postprocess.clean_labels` (what `perfusion segment --method daugs` writes) as a second view.

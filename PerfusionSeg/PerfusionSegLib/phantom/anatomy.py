@@ -466,7 +466,7 @@ def _trabecular_layer(layer: dict, theta_deg, r, r_endo) -> np.ndarray:
 
 # Through-plane partial volume (training slices, ``sample_slab``): how fast the heart's cross-section changes along the
 # slice normal. An LV modelled as a half-ellipsoid (long semi-axis ~90 mm, radius ~25 mm) narrows by ~0.1 % of its
-# radius per mm near the base, ~0.6 % per mm at mid-ventricle and 1.5-3 % per mm toward the apex; short-axis slices are
+# radius per mm near the base, ~0.6 % per mm at mid-ventricle and 1-3 % per mm toward the apex; short-axis slices are
 # also planned a few degrees off the LV axis, which shifts the cross-section along the slab.
 SLAB_TAPER_PER_MM = {"basal": (0.0, 0.005), "mid": (0.004, 0.012), "apical": (0.01, 0.03)}
 SLAB_TILT_MAX_DEG = 10.0
@@ -552,7 +552,7 @@ def render(anat: dict, grid: Grid, *, supersample: int = 2, myo_margin_mm: float
     label_fr = np.stack([fractions[TISSUE_LABEL == c].sum(axis=0) for c in range(4)])
     labels = np.argmax(label_fr, axis=0).astype(np.uint8)
     cnt = fractions[T["lv_myo"]]
-    dsum = dsum / len(subs) if len(subs) > 1 else dsum
+    dsum = dsum / len(subs) if len(subs) > 1 else dsum      # one cross-section: bit for bit the arrays of before
     myo_depth = np.where(cnt > 0, dsum / np.maximum(cnt, 1e-6), np.nan).astype(np.float32)
     heart = anat["heart"]
     ips = {}
