@@ -552,7 +552,7 @@ def render(anat: dict, grid: Grid, *, supersample: int = 2, myo_margin_mm: float
     label_fr = np.stack([fractions[TISSUE_LABEL == c].sum(axis=0) for c in range(4)])
     labels = np.argmax(label_fr, axis=0).astype(np.uint8)
     cnt = fractions[T["lv_myo"]]
-    dsum = dsum / len(subs) if len(subs) > 1 else dsum      # one cross-section: bit for bit the arrays of before
+    dsum = dsum / len(subs)      # one cross-section: divided by 1, bit for bit the arrays of before
     myo_depth = np.where(cnt > 0, dsum / np.maximum(cnt, 1e-6), np.nan).astype(np.float32)
     heart = anat["heart"]
     ips = {}
