@@ -545,8 +545,9 @@ def render(anat: dict, grid: Grid, *, supersample: int = 2, myo_margin_mm: float
     counts, dsum = 0, 0.0
     for px, py in subs:
         idx, depth = paint(anat, px, py)
+        lab_fine = TISSUE_LABEL[idx]      # with a margin there is one cross-section, so this is its fine label map
         counts = counts + np.bincount((block * k + idx).ravel(), minlength=ny * nx * k)
-        dsum = dsum + _block_mean(np.where(TISSUE_LABEL[idx] == 2, depth, 0.0), ss)
+        dsum = dsum + _block_mean(np.where(lab_fine == 2, depth, 0.0), ss)
     counts = counts.reshape(ny, nx, k)
     fractions = np.ascontiguousarray(np.moveaxis(counts, -1, 0), dtype=np.float32) / float(ss * ss * len(subs))
     label_fr = np.stack([fractions[TISSUE_LABEL == c].sum(axis=0) for c in range(4)])
@@ -563,7 +564,7 @@ def render(anat: dict, grid: Grid, *, supersample: int = 2, myo_margin_mm: float
         ips[name] = body_point_to_pixel(r_epi * np.cos(np.radians(a)), r_epi * np.sin(np.radians(a)), anat, grid)
     margin_labels = None
     if myo_margin_mm > 0:
-        margin_labels = _myocardium_margin_labels(TISSUE_LABEL[idx], float(grid.spacing) / ss, float(myo_margin_mm), ss)
+        margin_labels = _myocardium_margin_labels(lab_fine, float(grid.spacing) / ss, float(myo_margin_mm), ss)
     return AnatomyMaps(fractions=fractions, labels=labels, myo_depth=myo_depth, insertion_points_yx=ips,
                        lv_centre_yx=_from_body_point(0.0, 0.0, anat, grid), label_fractions=label_fr,
                        margin_labels=margin_labels)
