@@ -320,6 +320,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--members", type=int, default=50)
     ap.add_argument("--n-series", type=int, default=20)
+    ap.add_argument("--series-seed", type=int, default=3,
+                    help="seed of the phantom agreement series (3: the series of the earlier logs; another seed gives "
+                         "series no schedule was designed on)")
     ap.add_argument("--n-real-checks", type=int, default=3)
     ap.add_argument("--agree-config", default="tiny")
     ap.add_argument("--timing-config", default="default")
@@ -333,6 +336,8 @@ def main(argv=None) -> int:
                     help="run the real select_members(fast=True), fp32 and bf16, with the current schedule on every "
                          "logged series and compare its choice with the logged exhaustive one (the log is kept)")
     ap.add_argument("--recheck-from", type=int, default=0, help="with --recheck-real: only series from this index")
+    ap.add_argument("--baseline-pool", help="with --pool: a second trained pool timed in the same process (bf16, "
+                                            "default schedule) as the baseline of the timing ratio")
     ap.add_argument("--pool", help="a trained pool folder (e.g. Resources/Models/daugs_pool) instead of the "
                                    "checkpoint x perturbation pools: its members, its established member")
     args = ap.parse_args(argv)
@@ -374,15 +379,15 @@ def main(argv=None) -> int:
             pool = make_pool(args.agree_config, saved, args.members, seed=5)
             vd = validation_dice(pool, val_x, val_y)
             established = max(vd, key=vd.get)
-        test_x, test_y = phantom_set(args.n_series, seed=3)
+        test_x, test_y = phantom_set(args.n_series, seed=args.series_seed)
         records = []
         if log.is_file():
             records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-            records = [r for r in records if r["names"] == [n for n, _ in pool]
-                       and "32" in r["upp"]][: args.n_series]      # records made before the stride-32 stage: redo
+            records = [r for r in records if r["names"] == [n for n, _ in pool] and "32" in r["upp"]
+                       and r.get("series_seed", 3) == args.series_seed][: args.n_series]   # else: redo
         for i in range(len(records), args.n_series):
             rec = record_series(pool, test_x[i], test_y[i], established)
-            rec["series"] = i
+            rec["series"], rec["series_seed"] = i, args.series_seed
             if i < args.n_real_checks:
                 t = time.perf_counter()
                 rec["real_fast"] = select_members(pool, [test_x[i]], fast=True, established=established)[0].chosen
@@ -422,26 +427,38 @@ def main(argv=None) -> int:
         racing = ((16, 16, 2.5), (8, 6, 1.0, "phased"), (2, 3, 0.1, "race"))
         runs = [("fast", False, None), ("fast", True, None), ("fast, default until session 6 (baseline)", True, previous),
                 ("fast, racing last stage (2, 3, +10 %, race)", True, racing)]
+        pools = {label: pool_t for label, _, _ in runs}
+        if args.baseline_pool:
+            from PerfusionDAUGSLib.pool import load_pool
+            base = load_pool(args.baseline_pool, device="cpu")
+            widths = base.members[0].network.config["features"]
+            label = f"fast, baseline pool {base.name} (UNet2D {widths})"
+            pools[label] = [(m.name, m.network.eval()) for m in base.members]
+            runs.insert(2, (label, True, None))
         walls = {}
         for label, bf16, schedule in runs:
             kw = {} if schedule is None else {"schedule": schedule}
             t, c = time.perf_counter(), time.process_time()
-            r = select_members(pool_t, list(study_x), fast=True, bf16=bf16, **kw)
+            r = select_members(pools[label], list(study_x), fast=True, bf16=bf16, **kw)
             wall, cpu = time.perf_counter() - t, time.process_time() - c
             walls[(label, bf16)] = wall
             nf = sum(x.n_patch_forwards for x in r)
             print(f"| {label} | {'bf16' if bf16 else 'fp32'} | {wall:.1f} | {cpu:.1f} | {cpu / 2:.1f} | {nf} | "
                   f"{', '.join(x.chosen for x in r)} |", flush=True)
+        prev_label, race_label = runs[-2][0], runs[-1][0]
         print(f"\nbf16 fast, current default / previous default (same process): "
-              f"{walls[('fast', True)] / walls[(runs[2][0], True)]:.2f}; racing last stage / current default: "
-              f"{walls[(runs[3][0], True)] / walls[('fast', True)]:.2f}")
+              f"{walls[('fast', True)] / walls[(prev_label, True)]:.2f}; racing last stage / current default: "
+              f"{walls[(race_label, True)] / walls[('fast', True)]:.2f}")
+        if args.baseline_pool:
+            print(f"bf16 fast, this pool / baseline pool {args.baseline_pool} (same process, same study): "
+                  f"{walls[('fast', True)] / walls[(runs[2][0], True)]:.2f}")
         n_exhaustive = 3 * len(pool_t) * 1089
         print()
         print(f"## Per-patch forward cost (64x64, 30 frames, batch 64, best of 3; load average {load()})")
         print("| config | parameters | fp32 wall ms/patch | fp32 CPU ms/patch | bf16 wall ms/patch | bf16 CPU ms/patch | "
               f"exhaustive study ({n_exhaustive} patch forwards), fp32 CPU s / 2 | fast study (7,000-12,000), bf16 CPU s / 2 |")
         print("|---|---|---|---|---|---|---|---|")
-        for cfg in ("tiny", "default", "daugs2024"):
+        for cfg in ("tiny", "lite", "default", "daugs2024"):
             n_par = sum(p.numel() for p in build_unet(cfg).parameters())
             (a, ac), (b, bc) = per_patch_ms(cfg, False), per_patch_ms(cfg, True)
             print(f"| {cfg} | {n_par / 1e6:.2f} M | {a:.2f} | {ac:.2f} | {b:.2f} | {bc:.2f} | "

@@ -323,19 +323,25 @@ def find_checkpoints(run_dirs: Sequence[Union[str, os.PathLike]]) -> List[dict]:
 
 
 def build_pool_from_runs(run_dirs: Sequence[Union[str, os.PathLike]], out_dir: Union[str, os.PathLike], *,
-                         dice_threshold: float = 0.87, max_members: int = 50, name: Optional[str] = None,
-                         half: bool = False, device: str = "cpu", extra: Optional[dict] = None) -> Path:
+                         dice_threshold: float = 0.87, max_members: int = 50, min_epoch_gap: int = 1,
+                         name: Optional[str] = None, half: bool = False, device: str = "cpu",
+                         extra: Optional[dict] = None) -> Path:
     """Pool of the checkpoints (runs x epochs) whose validation myocardium Dice >= ``dice_threshold``.
 
     Above ``max_members``, the best by Dice are kept, spread over the runs (round robin over runs, each run's
-    checkpoints in descending Dice), so one run cannot fill the pool. The established member is the best Dice.
-    Checkpoints are loaded through the registry (sha256 checked) and copied into ``out_dir``. ``extra``: more
-    index entries (the pool's model card: training data, recipe, time and machine).
+    checkpoints in descending Dice), so one run cannot fill the pool. ``min_epoch_gap``: within a run, a checkpoint
+    joins only if it lies at least this many epochs from every checkpoint of that run already chosen (greedy, best
+    Dice first). Why: late checkpoints one epoch apart are near copies of each other; they add nothing to the
+    pool's diversity and their near-tied U_pp make the fast search's choice a coin toss. The established member is
+    the best Dice. Checkpoints are loaded through the registry (sha256 checked) and copied into ``out_dir``.
+    ``extra``: more index entries (the pool's model card: training data, recipe, time and machine).
     """
     if not 0.0 <= float(dice_threshold) <= 1.0:
         raise InvalidParameterError(f"Dice threshold must be in [0, 1], got {dice_threshold}")
     if int(max_members) < 1:
         raise InvalidParameterError(f"max_members must be >= 1, got {max_members}")
+    if int(min_epoch_gap) < 1:
+        raise InvalidParameterError(f"min_epoch_gap must be >= 1, got {min_epoch_gap}")
     ckpts = find_checkpoints(run_dirs)
     if not ckpts:
         raise UnreadableFileError(f"no model cards found under {', '.join(map(str, run_dirs))}")
@@ -347,6 +353,15 @@ def build_pool_from_runs(run_dirs: Sequence[Union[str, os.PathLike]], out_dir: U
     by_run: dict = {}
     for c in sorted(passing, key=lambda c: -c["val_dice"]):
         by_run.setdefault(c["run"], []).append(c)
+    gap = int(min_epoch_gap)
+    if gap > 1:   # thin each run greedily, best Dice first (checkpoints without an epoch are kept)
+        for run, cands in by_run.items():
+            kept = []
+            for c in cands:
+                if c["epoch"] is None or all(k["epoch"] is None or abs(c["epoch"] - k["epoch"]) >= gap
+                                             for k in kept):
+                    kept.append(c)
+            by_run[run] = kept
     chosen = []
     while len(chosen) < int(max_members) and any(by_run.values()):
         for run in sorted(by_run):
@@ -368,4 +383,4 @@ def build_pool_from_runs(run_dirs: Sequence[Union[str, os.PathLike]], out_dir: U
                         "epoch": c["epoch"], "val_dice": c["val_dice"]})
     return save_pool(members, out_dir, name=name, dice_threshold=float(dice_threshold), half=half,
                      extra={**(extra or {}), "source_runs": [str(Path(r)) for r in run_dirs],
-                            "candidates": len(ckpts), "passing": len(passing)})
+                            "candidates": len(ckpts), "passing": len(passing), "min_epoch_gap": gap})

@@ -423,6 +423,28 @@ def test_build_pool_from_runs_applies_threshold_and_cap(tmp_path):
         build_pool_from_runs(runs[:1], tmp_path / "pool3", dice_threshold=0.95)
 
 
+def test_build_pool_from_runs_spaces_members_of_a_run_by_epoch(tmp_path):
+    from PerfusionDAUGSLib.pool import build_pool_from_runs, load_pool, read_index
+    from PerfusionSegLib.networks.registry import save_model
+
+    dices = [0.88, 0.95, 0.94, 0.93, 0.89, 0.90, 0.91]      # epochs 1..7; best is epoch 2
+    for ep, d in enumerate(dices, start=1):
+        save_model(_tiny_unet(ep), {"metrics": {"val_dice": d}, "training": {"epoch": ep}},
+                   tmp_path / "runA" / "checkpoints", f"e{ep:03d}")
+    runs = [tmp_path / "runA" / "checkpoints"]
+    every = load_pool(build_pool_from_runs(runs, tmp_path / "all", dice_threshold=0.87), device="cpu")
+    assert len(every.names) == 7
+    folder = build_pool_from_runs(runs, tmp_path / "spaced", dice_threshold=0.87, min_epoch_gap=3)
+    spaced = load_pool(folder, device="cpu")
+    # greedy in Dice order 2, 3, 4, 7, 6, 5, 1: keep 2; 3 and 4 are within 3 epochs of it; keep 7; 6 and 5 are
+    # within 3 of 7; 1 of 2
+    assert sorted(spaced.names) == ["runA_ep002", "runA_ep007"]
+    assert spaced.established == "runA_ep002"
+    assert read_index(folder)["min_epoch_gap"] == 3
+    with pytest.raises(InvalidParameterError):
+        build_pool_from_runs(runs, tmp_path / "bad", dice_threshold=0.87, min_epoch_gap=0)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # end to end on a series: outputs on the input grid
 # ---------------------------------------------------------------------------------------------------------------------

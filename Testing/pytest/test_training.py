@@ -96,6 +96,11 @@ def test_tiny_daugs_run_resumes_and_exports_a_pool(tmp_path):
     training = json.loads((tmp_path / "pool" / "pool.json").read_text())["training"]   # the pool's model card
     assert training["seeds"] == [0] and training["data"]["phantom_presets"] == ["siemens-flash-3t"]
     assert pool.input_spec()["n_frames"] == 30
+    # members of one run at least 2 epochs apart: of epochs 1 and 2 only the better one stays
+    out = train_family(recipe.replace(epochs=2), ["phantom:siemens-flash-3t"], tmp_path, runs=1, dice_threshold=0.0,
+                       min_epoch_gap=2, progress=False, log=lambda m: None)
+    assert out["n_members"] == 1
+    assert json.loads((tmp_path / "pool" / "pool.json").read_text())["min_epoch_gap"] == 2
 
 
 
@@ -159,3 +164,19 @@ def test_patch_predictions_are_labelled_with_the_daugs_rule_like_the_product():
     assert (predict_labels(_ConstantLogits(np.log(p2)), image, recipe, "cpu") == 2).all()
     # the full-image (ResUNet) recipe keeps the arg-max
     assert (labels_from_prediction(prob, XUE2020) == 2).all()
+
+
+def test_train_cli_passes_the_member_epoch_gap(monkeypatch, tmp_path):
+    import PerfusionSegLib.training.pipeline as pipeline
+    from PerfusionSegLib.cli import main
+
+    seen = {}
+
+    def fake_train_family(recipe, data, out, **kw):
+        seen.update(kw, config=recipe.config)
+        return {"summary": "ok"}
+
+    monkeypatch.setattr(pipeline, "train_family", fake_train_family)
+    assert main(["train", "--family", "daugs", "--config", "lite", "--out", str(tmp_path),
+                 "--member-epoch-gap", "4"]) == 0
+    assert seen["min_epoch_gap"] == 4 and seen["config"] == "lite"

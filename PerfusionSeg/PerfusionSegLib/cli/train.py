@@ -29,6 +29,8 @@ def register(subparsers) -> None:
     p.add_argument("--dice-threshold", type=float, default=0.87,
                    help="DAUGS: a checkpoint joins the pool when its validation myocardium Dice reaches this")
     p.add_argument("--max-members", type=int, default=50)
+    p.add_argument("--member-epoch-gap", type=int, default=1,
+                   help="DAUGS: members of one run lie at least this many epochs apart (1: any checkpoint)")
     p.add_argument("--max-minutes", type=float, help="training budget of each run in minutes, counted over interrupted and resumed invocations")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--seed", type=int, default=0)
@@ -60,7 +62,8 @@ def run(args) -> int:
     log = (lambda msg: print(msg, file=sys.stderr))
     result = train_family(recipe, args.data, args.out, runs=args.runs, seed=args.seed, device=args.device,
                           resume=not args.no_resume, max_minutes=args.max_minutes,
-                          dice_threshold=args.dice_threshold, max_members=args.max_members, half=args.half,
+                          dice_threshold=args.dice_threshold, max_members=args.max_members,
+                          min_epoch_gap=args.member_epoch_gap, half=args.half,
                           progress=not args.quiet, log=log)
     print(result["summary"])
     return 0

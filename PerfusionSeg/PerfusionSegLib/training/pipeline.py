@@ -37,7 +37,8 @@ def build_sources(recipe: Recipe, data: Sequence[str], seed: int):
 
 def train_family(recipe: Recipe, data: Sequence[str], out_dir, *, runs: Optional[int] = None, seed: int = 0,
                  device: str = "auto", resume: bool = True, max_minutes: Optional[float] = None,
-                 dice_threshold: float = 0.87, max_members: int = 50, half: bool = False, progress: bool = True,
+                 dice_threshold: float = 0.87, max_members: int = 50, min_epoch_gap: int = 1, half: bool = False,
+                 progress: bool = True,
                  log: Callable[[str], None] = print) -> dict:
     from .trainer import train
 
@@ -73,7 +74,8 @@ def train_family(recipe: Recipe, data: Sequence[str], out_dir, *, runs: Optional
     from PerfusionDAUGSLib.pool import build_pool_from_runs, read_index
 
     pool_dir = build_pool_from_runs([res.run_dir / "checkpoints" for res in results], out_dir / "pool",
-                                    dice_threshold=dice_threshold, max_members=max_members, half=half,
+                                    dice_threshold=dice_threshold, max_members=max_members,
+                                    min_epoch_gap=min_epoch_gap, half=half,
                                     extra={"training": training})
     n_members = len(read_index(pool_dir)["members"])
     summary = f"DAUGS pool: {n_members} members (validation myocardium Dice >= {dice_threshold}) from {n_runs} runs -> {pool_dir}"
