@@ -46,6 +46,8 @@ def main(argv=None) -> int:
     ap.add_argument("--presets", nargs="+", help="default: every preset")
     ap.add_argument("--exhaustive", action="store_true", help="DAUGS: every member at the U-map stride")
     ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--adapt-bn", action="store_true",
+                    help="DAUGS: re-estimate each member's BatchNorm statistics on each slice (test-time adaptation)")
     ap.add_argument("--no-postprocess", action="store_true",
                     help="DAUGS: raw labels (no postprocess.clean_labels), e.g. to compare clean-up rules offline")
     ap.add_argument("--save-labels", type=Path,
@@ -86,7 +88,7 @@ def main(argv=None) -> int:
             if pool is not None:
                 from PerfusionDAUGSLib.daugs import run_daugs
                 daugs = run_daugs(slices, pool, fast=not args.exhaustive, bf16=args.bf16, device="cpu",
-                                  postprocess=not args.no_postprocess)
+                                  postprocess=not args.no_postprocess, adapt_bn=args.adapt_bn)
             t_daugs = time.time() - t0
             for i, (s, truth) in enumerate(zip(slices, ps.truth)):
                 row = {"preset": preset, "seed": seed, "condition": condition, "level": s.level or str(i)}
@@ -130,7 +132,8 @@ def main(argv=None) -> int:
         summary[preset] = entry
         print(f"| {preset} | {len(sel)} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} | {' / '.join(lost)} |")
     record = {"summary": summary, "seed_base": args.seed_base, "studies_per_preset": args.studies,
-              "fast": not args.exhaustive, "bf16": args.bf16, "resunet": args.model, "lost_below_myo_dice": LOST}
+              "fast": not args.exhaustive, "bf16": args.bf16, "adapt_bn": args.adapt_bn, "resunet": args.model,
+              "lost_below_myo_dice": LOST}
     if args.out:
         args.out.write_text(json.dumps(dict(record, rows=rows), indent=1))
     if args.save_labels:

@@ -100,6 +100,8 @@ def main(argv=None) -> int:
                     help="pixel spacing of the daugs_dev images, which do not store it (about 0.9 mm per the data README)")
     ap.add_argument("--ml-limit", type=int, help="evaluate only the first N ml_perfusion series")
     ap.add_argument("--fast", action="store_true", help="DAUGS staged search instead of exhaustive")
+    ap.add_argument("--adapt-bn", action="store_true",
+                    help="DAUGS: re-estimate each member's BatchNorm statistics on each series (test-time adaptation)")
     ap.add_argument("--no-postprocess", action="store_true",
                     help="DAUGS: raw labels (no postprocess.clean_labels), e.g. to compare clean-up rules offline")
     ap.add_argument("--save-labels", type=Path,
@@ -142,7 +144,7 @@ def main(argv=None) -> int:
                 # the daugs_dev crops are already 2x interpolated (data README): DAUGS must not interpolate again
                 res = run_daugs(series, pool, fast=args.fast, device="cpu",
                                 input_overrides={"scale": 1.0} if dataset == "daugs_dev" else None,
-                                postprocess=not args.no_postprocess)
+                                postprocess=not args.no_postprocess, adapt_bn=args.adapt_bn)
                 saved[f"{dataset}/{name}"] = {"labels": res.labels, "reference": ref,
                                               "spacing": np.asarray(series.spacing, float)}
                 row.update(daugs_myo=_dice(res.labels, ref, 2), daugs_bp=_dice(res.labels, ref, 1),
@@ -213,6 +215,7 @@ def main(argv=None) -> int:
         per_case = {f"{r['dataset']}/{r['case']}": {k: r.get(k) for k in ("daugs_myo", "established_myo", "resunet_myo")
                                                    if k in r} for r in rows if r["dataset"] == "daugs_dev"}
         record = {"summary": summaries, "daugs_dev_per_slice": per_case, "fast": args.fast,
+                  "daugs_adapt_bn": args.adapt_bn,
                   "daugs_postprocess": not args.no_postprocess, "pool": args.pool, "resunet": args.model,
                   "note": "test only: never used to select models or stop training"}
         if args.pool:

@@ -72,6 +72,7 @@ class DAUGSResult:
     member_labels: Optional[Dict[str, np.ndarray]] = None
     pool_name: str = ""
     source: str = ""
+    bn_adapted: bool = False                 # members' BatchNorm statistics re-estimated on this series
 
     @property
     def upp_chosen(self) -> float:
@@ -101,6 +102,7 @@ class DAUGSResult:
             "umap_stride": self.umap_stride,
             "seg_stride": self.seg_stride,
             "search": self.search,
+            "bn_adapted": self.bn_adapted,
             "u_pp_null_means": "no myocardium segmented by that member",
             "qc_flags": list(self.flags),
             "qc": {k: v for k, v in self.qc.items() if k != "flags"},
@@ -145,7 +147,7 @@ def run_daugs(series, pool=None, *, umap_stride: int = UMAP_STRIDE, seg_stride: 
               device: str = "auto", bf16: bool = False, keep_member_labels: bool = False, center_yx=None,
               schedule=None, batch_size: int = 64, margin=UMAP_MARGIN,
               uncertainty_threshold: Union[float, str, None] = POOL_THRESHOLD, input_overrides: Optional[dict] = None,
-              postprocess: bool = True):
+              postprocess: bool = True, adapt_bn: bool = False):
     """DAUGS segmentation of a SliceSeries (-> DAUGSResult) or of a Study / list of series (-> list, slices batched).
 
     ``pool``: a ModelPool, a pool folder or name (default: the shipped ``daugs_pool``), or a list of (name, model).
@@ -161,6 +163,8 @@ def run_daugs(series, pool=None, *, umap_stride: int = UMAP_STRIDE, seg_stride: 
     ``postprocess``: clean the labels on the series grid (``postprocess.clean_labels``: stray blood-pool and RV
     islands, small myocardial islands, small enclosed gaps); the U-map and the member choice are not affected, and
     ``network_labels`` stay raw.
+    ``adapt_bn``: each member's BatchNorm statistics are re-estimated on each slice's own segmentation windows before
+    it segments that slice (test-time adaptation, ``networks.bn_adaptation``; no labels, nothing learnt).
     """
     from PerfusionSegLib.series import SliceSeries, Study
 
@@ -202,9 +206,11 @@ def run_daugs(series, pool=None, *, umap_stride: int = UMAP_STRIDE, seg_stride: 
                                 seg_stride=int(seg_stride), fast=fast,
                                 schedule=DEFAULT_SCHEDULE if schedule is None else schedule,
                                 rank_stride=int(seg_stride) if keep_member_labels else RANK_STRIDE,
-                                batch_size=batch_size, bf16=bf16, margin=margin, patch=patch)
+                                batch_size=batch_size, bf16=bf16, margin=margin, patch=patch, adapt_bn=adapt_bn)
     results = [_to_result(s, geo, sel, pool_obj, keep_member_labels, uncertainty_threshold, postprocess)
                for s, (_, geo), sel in zip(seq, prepared, selections)]
+    for r in results:
+        r.bn_adapted = bool(adapt_bn)
     return results[0] if single else results
 
 

@@ -184,7 +184,7 @@ class PoolEvaluator:
 
     def __init__(self, pool_or_members, images: Sequence[np.ndarray], *, seg_stride: int = SEG_STRIDE,
                  patch: int = PATCH_SIZE, margin=UMAP_MARGIN, batch_size: int = 64, bf16: bool = False,
-                 myocardium_channel: int = MYOCARDIUM_LABEL):
+                 myocardium_channel: int = MYOCARDIUM_LABEL, adapt_bn: bool = False):
         self.names, members, self.established = members_of(pool_or_members)
         if not self.names:
             raise InvalidParameterError("the model pool is empty")
@@ -197,6 +197,11 @@ class PoolEvaluator:
         self.patch = int(patch)
         self.margin = margin
         self.seg_stride = int(seg_stride)
+        # adapt_bn: each member runs on each image with its BatchNorm statistics re-estimated from that image's
+        # segmentation windows (networks.bn_adaptation); made on first use, one predictor per (member, image)
+        self.adapt_bn = bool(adapt_bn)
+        self._members, self._bf16 = members, bool(bf16)
+        self._adapted: Dict[Tuple[int, int], _Predictor] = {}
         self.batch_size = max(1, int(batch_size))
         self.myo = int(myocardium_channel)
         self.n_forwards = 0
@@ -221,6 +226,35 @@ class PoolEvaluator:
         if not 0 <= self.myo < k:
             raise InvalidParameterError(f"the networks give {k} classes; no myocardium channel {self.myo}")
         return k
+
+    def predictor(self, m: int, i: int) -> "_Predictor":
+        """The predictor of member ``m`` on image ``i`` (its BatchNorm adapted to the image when ``adapt_bn``)."""
+        if not self.adapt_bn:
+            return self.predictors[m]
+        key = (int(m), int(i))
+        if key not in self._adapted:
+            from PerfusionSegLib.networks.bn_adaptation import adapt_batchnorm
+
+            network = _network_of(self._members[m])
+            offsets = make_grid(self.images[i].shape[1:], self.patch, self.seg_stride).offsets
+            windows = extract_patches(self.images[i], offsets, (self.patch, self.patch),
+                                      channels_last=self.predictors[m].channels_last)
+            self._adapted[key] = _Predictor(adapt_batchnorm(network, windows), bf16=self._bf16)
+        return self._adapted[key]
+
+    def _probabilities(self, m: int, patches: torch.Tensor, images_of_rows: Sequence[int]) -> torch.Tensor:
+        """Member ``m``'s softmax for a batch whose rows come from ``images_of_rows`` (image-major runs)."""
+        if not self.adapt_bn:
+            return self.predictors[m](patches)
+        out, start = [], 0
+        while start < len(images_of_rows):
+            i = images_of_rows[start]
+            end = start
+            while end < len(images_of_rows) and images_of_rows[end] == i:
+                end += 1
+            out.append(self.predictor(m, i)(patches[start:end]))
+            start = end
+        return torch.cat(out) if len(out) > 1 else out[0]
 
     def advance(self, member_indices: Sequence[int], stride: int,
                 image_indices: Optional[Sequence[int]] = None, segmentation: bool = True) -> None:
@@ -274,7 +308,8 @@ class PoolEvaluator:
                 rows = [j for j, it in enumerate(chunk) if it in todo[m]]
                 if not rows:
                     continue
-                probs = self.predictors[m](patches if len(rows) == len(chunk) else patches[rows])
+                probs = self._probabilities(m, patches if len(rows) == len(chunk) else patches[rows],
+                                            [chunk[j][0] for j in rows])
                 self.n_forwards += len(rows)
                 items = [chunk[j] for j in rows]
                 for i in sorted({it[0] for it in items}):
@@ -320,8 +355,8 @@ def select_members(pool_or_members, images: Sequence[np.ndarray], *, umap_stride
                    seg_stride: int = SEG_STRIDE, fast: bool = True, schedule=DEFAULT_SCHEDULE,
                    rank_stride: Optional[int] = RANK_STRIDE, race_margin: float = RACE_MARGIN,
                    patch: int = PATCH_SIZE, margin=UMAP_MARGIN, batch_size: int = 64, bf16: bool = False,
-                   established: Optional[str] = None, myocardium_channel: int = MYOCARDIUM_LABEL
-                   ) -> List[SelectionResult]:
+                   established: Optional[str] = None, myocardium_channel: int = MYOCARDIUM_LABEL,
+                   adapt_bn: bool = False) -> List[SelectionResult]:
     """Choose a member per image (DAUGS: lowest U_pp at ``umap_stride``) and report the established one.
 
     ``fast=False``: exhaustive (every member at ``umap_stride``). ``fast=True``: staged search (module docstring):
@@ -329,11 +364,12 @@ def select_members(pool_or_members, images: Sequence[np.ndarray], *, umap_stride
     included; ``None`` or ``seg_stride``: every member at the segmentation stride), then the stages of
     ``schedule``; stages finer than ``umap_stride`` are dropped, and when none is at ``umap_stride`` a last stage
     there keeps the best member. The chosen and the established member always get the full segmentation
-    (``seg_stride``). Returns one :class:`SelectionResult` per image.
+    (``seg_stride``). ``adapt_bn``: every member's BatchNorm statistics are re-estimated on each image before it
+    segments it (:class:`PoolEvaluator`). Returns one :class:`SelectionResult` per image.
     """
     t0 = time.perf_counter()
     ev = PoolEvaluator(pool_or_members, images, seg_stride=seg_stride, patch=patch, margin=margin,
-                       batch_size=batch_size, bf16=bf16, myocardium_channel=myocardium_channel)
+                       batch_size=batch_size, bf16=bf16, myocardium_channel=myocardium_channel, adapt_bn=adapt_bn)
     est = established or (ev.established if ev.established in ev.names else None)   # a partly loaded pool
     if est is not None and est not in ev.names:
         raise InvalidParameterError(f"established member {est!r} is not in the pool")

@@ -331,6 +331,37 @@ def test_fast_path_never_goes_finer_than_the_umap_stride():
     assert res.chosen_evaluation.n_umap_patches == 25          # 5 x 5 windows at stride 8 on 64 with 32 patches
 
 
+def test_bn_adapted_selection_adapts_each_member_to_each_image_alone():
+    """adapt_bn: a member's statistics come from one image's segmentation windows, so an image's result does not
+    depend on which other images share the batches; and adaptation does change what a BN network predicts."""
+    from PerfusionSegLib.networks import build_network
+    from PerfusionSegLib.networks.bn_adaptation import adapt_batchnorm
+
+    torch.manual_seed(3)
+    members = [(f"m{i}", build_network("unet2d", config="tiny", in_channels=3).eval()) for i in range(2)]
+    rng = np.random.default_rng(0)
+    bright = (2.0 + rng.random((3, 96, 96))).astype(np.float32)
+    dim = (0.2 * rng.random((3, 96, 96))).astype(np.float32)
+    together = select_members(members, [bright, dim], fast=False, umap_stride=16, adapt_bn=True)
+    alone = select_members(members, [dim], fast=False, umap_stride=16, adapt_bn=True)[0]
+    for name in ("m0", "m1"):
+        assert np.allclose(together[1].evaluations[name].mean_probabilities,
+                           alone.evaluations[name].mean_probabilities, atol=1e-5)
+        assert together[1].upp[name] == pytest.approx(alone.upp[name], rel=1e-4, abs=1e-9)
+    plain = select_members(members, [dim], fast=False, umap_stride=16)[0]
+    assert not np.allclose(plain.evaluations["m0"].mean_probabilities, alone.evaluations["m0"].mean_probabilities,
+                           atol=1e-3)
+    # the evaluator's adapted member is the network adapted on that image's stride-16 windows
+    ev = PoolEvaluator(members, [bright, dim], adapt_bn=True)
+    grid = make_grid((96, 96), 64, 16)
+    ref = adapt_batchnorm(members[0][1], extract_patches(torch.from_numpy(dim), grid.offsets, (64, 64)))
+    probe = extract_patches(torch.from_numpy(dim), grid.offsets[:2], (64, 64))
+    with torch.no_grad():
+        expected = torch.softmax(ref(probe), 1)
+    assert torch.allclose(ev.predictor(0, 1)(probe), expected, atol=1e-4)
+    assert ev.predictor(0, 1) is ev.predictor(0, 1) and ev.predictor(0, 0) is not ev.predictor(0, 1)
+
+
 def test_selection_rejects_bad_input():
     with pytest.raises(InvalidParameterError):
         select_members([], [ring_image()[0]])
@@ -482,6 +513,10 @@ def test_run_daugs_outputs_are_on_the_input_grid(shape, spacing):
     np.testing.assert_array_equal(res.raw_labels(), raw.labels)
     for name, labels in res.member_labels.items():
         assert count_components(labels == 2) <= count_components(raw.member_labels[name] == 2)
+    # BatchNorm adaptation is recorded; members without BatchNorm predict exactly as without it
+    adapted = run_daugs(series, members, device="cpu", adapt_bn=True)
+    assert adapted.bn_adapted and json.loads(adapted.to_json())["bn_adapted"] is True and not doc["bn_adapted"]
+    assert adapted.chosen == res.chosen and np.array_equal(adapted.labels, res.labels)
 
 
 def test_run_daugs_end_to_end_with_a_saved_pool(tmp_path):

@@ -269,3 +269,33 @@ def test_bf16_copy_declines_layers_it_does_not_know():
     assert bf16_copy(net) is None
     assert bf16_copy(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())) is not None
     assert bf16_copy(build_network("unet2d", config="tiny")) is None     # bilinear up-sampling: autocast decides
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# test-time BatchNorm adaptation
+# ---------------------------------------------------------------------------------------------------------------------
+def test_adapt_batchnorm_takes_the_statistics_of_the_inputs_and_leaves_the_network_alone():
+    from torch import nn
+
+    from PerfusionSegLib.networks.bn_adaptation import adapt_batchnorm
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = 5.0 + 3.0 * torch.randn(6, 3, 16, 16)            # far from the statistics the BN holds (0 mean, 1 variance)
+    adapted = adapt_batchnorm(net, x)
+    conv_out = net[0](x).detach()
+    bn = adapted[1]
+    assert torch.allclose(bn.running_mean, conv_out.mean(dim=(0, 2, 3)), atol=1e-4)
+    assert torch.allclose(bn.running_var, conv_out.var(dim=(0, 2, 3), unbiased=True), rtol=1e-4)
+    assert not adapted.training and all(not p.requires_grad for p in adapted.parameters())
+    # the caller's network is untouched, and the adapted one normalises the inputs' conv output to ~0 mean
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    with torch.no_grad():
+        normalised = bn(conv_out)
+    assert abs(float(normalised.mean(dim=(0, 2, 3)).sub(bn.bias).abs().max())) < 1e-3
+    # no BatchNorm: nothing to adapt, the same network comes back; an empty batch is refused
+    plain = nn.Sequential(nn.Conv2d(3, 2, 1))
+    assert adapt_batchnorm(plain, x) is plain
+    with pytest.raises(InvalidParameterError):
+        adapt_batchnorm(net, x[:0])
