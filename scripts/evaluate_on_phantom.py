@@ -47,7 +47,8 @@ def main(argv=None) -> int:
     ap.add_argument("--exhaustive", action="store_true", help="DAUGS: every member at the U-map stride")
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--adapt-bn", action="store_true",
-                    help="DAUGS: re-estimate each member's BatchNorm statistics on each slice (test-time adaptation)")
+                    help="re-estimate the networks' BatchNorm statistics on each slice (test-time adaptation; "
+                         "DAUGS: each member on each slice; ResUNet: on its prepared input)")
     ap.add_argument("--no-postprocess", action="store_true",
                     help="DAUGS: raw labels (no postprocess.clean_labels), e.g. to compare clean-up rules offline")
     ap.add_argument("--save-labels", type=Path,
@@ -105,7 +106,8 @@ def main(argv=None) -> int:
                     row["daugs_seconds_per_slice"] = round(t_daugs / len(slices), 2)
                 if model is not None:
                     from PerfusionSegLib.inference import segment_series
-                    row["resunet"] = dice_per_class(segment_series(s, model, bf16=args.bf16).labels, truth.labels)
+                    seg = segment_series(s, model, bf16=args.bf16, adapt_bn=args.adapt_bn)
+                    row["resunet"] = dice_per_class(seg.labels, truth.labels)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
 

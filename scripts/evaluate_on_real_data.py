@@ -101,7 +101,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ml-limit", type=int, help="evaluate only the first N ml_perfusion series")
     ap.add_argument("--fast", action="store_true", help="DAUGS staged search instead of exhaustive")
     ap.add_argument("--adapt-bn", action="store_true",
-                    help="DAUGS: re-estimate each member's BatchNorm statistics on each series (test-time adaptation)")
+                    help="re-estimate the networks' BatchNorm statistics on each series (test-time adaptation; "
+                         "DAUGS: each member on each slice; ResUNet: on its prepared input)")
     ap.add_argument("--no-postprocess", action="store_true",
                     help="DAUGS: raw labels (no postprocess.clean_labels), e.g. to compare clean-up rules offline")
     ap.add_argument("--save-labels", type=Path,
@@ -135,7 +136,7 @@ def main(argv=None) -> int:
             t0 = time.time()
             if model is not None:
                 from PerfusionSegLib.inference import segment_series
-                res = segment_series(series, model)
+                res = segment_series(series, model, adapt_bn=args.adapt_bn)
                 row.update(resunet_myo=_dice(res.labels, ref, 2), resunet_bp=_dice(res.labels, ref, 1),
                            resunet_flags=list((res.qc or {}).get("flags", [])),
                            resunet_empty=bool((res.labels == 2).sum() == 0))
@@ -215,7 +216,7 @@ def main(argv=None) -> int:
         per_case = {f"{r['dataset']}/{r['case']}": {k: r.get(k) for k in ("daugs_myo", "established_myo", "resunet_myo")
                                                    if k in r} for r in rows if r["dataset"] == "daugs_dev"}
         record = {"summary": summaries, "daugs_dev_per_slice": per_case, "fast": args.fast,
-                  "daugs_adapt_bn": args.adapt_bn,
+                  "adapt_bn": args.adapt_bn,
                   "daugs_postprocess": not args.no_postprocess, "pool": args.pool, "resunet": args.model,
                   "note": "test only: never used to select models or stop training"}
         if args.pool:

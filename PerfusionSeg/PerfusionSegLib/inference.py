@@ -57,11 +57,13 @@ def segment_batch(prepared: Sequence[np.ndarray], model, *, batch_size: int = 8,
 
 def segment_series(series, model, *, postprocess: bool = True, center_yx=None, bf16: bool = False,
                    uncertainty_map: Optional[np.ndarray] = None, uncertainty_threshold: Optional[float] = None,
-                   **prepare_overrides) -> SegmentationResult:
+                   adapt_bn: bool = False, **prepare_overrides) -> SegmentationResult:
     """Segment one slice series with a loaded model; every output is on the series' own grid.
 
     ``model``: a LoadedModel (or ``onnx_model.OnnxModel``), or a model name / card path for ``registry.load_model``.
     ``center_yx``: LV centre on the input grid (else ``prepare_for_network`` locates it). ``bf16``: bfloat16 autocast.
+    ``adapt_bn``: the network's BatchNorm statistics are re-estimated on this series' prepared input before it is
+    segmented (``networks.bn_adaptation``; a torch model only).
     """
     from .preprocess import prepare_for_network
     from .postprocess import assemble_labels
@@ -74,6 +76,8 @@ def segment_series(series, model, *, postprocess: bool = True, center_yx=None, b
         raise InvalidParameterError(f"full-image segmentation needs a full-image network, not {model.architecture!r}")
     kwargs = prepare_kwargs(model, **prepare_overrides)
     x, geometry = prepare_for_network(series, center_yx=center_yx, **kwargs)
+    if adapt_bn:
+        model = _bn_adapted(model, x)
     net_probs = segment_batch([x], model, bf16=bf16)[0]
     probs = probabilities_to_input_grid(net_probs, geometry)
     labels = assemble_labels(probs) if postprocess else probs.argmax(axis=0).astype(np.uint8)
@@ -81,7 +85,22 @@ def segment_series(series, model, *, postprocess: bool = True, center_yx=None, b
                   uncertainty_threshold=uncertainty_threshold)
     return SegmentationResult(labels=labels, probabilities=probs, qc=qc, geometry=geometry,
                               network_probabilities=net_probs,
-                              info={"model": model.name, "prepare": {k: v for k, v in kwargs.items()}})
+                              info={"model": model.name, "prepare": {k: v for k, v in kwargs.items()},
+                                    "bn_adapted": bool(adapt_bn)})
+
+
+def _bn_adapted(model, x: np.ndarray):
+    """The model with its network's BatchNorm statistics taken from the prepared input ``x`` (T, S, S)."""
+    import dataclasses
+
+    import torch
+
+    from .networks.bn_adaptation import adapt_batchnorm
+
+    if not dataclasses.is_dataclass(model) or not isinstance(getattr(model, "network", None), torch.nn.Module):
+        raise InvalidParameterError("BatchNorm adaptation needs a PyTorch model (not an ONNX one)")
+    batch = torch.from_numpy(np.ascontiguousarray(x, np.float32))[None].contiguous(memory_format=torch.channels_last)
+    return dataclasses.replace(model, network=adapt_batchnorm(model.network, batch))
 
 
 def segment_study(study, model, **kwargs) -> list:

@@ -224,6 +224,14 @@ def test_segment_series_returns_labels_on_the_input_grid(tiny_model):
     assert dice(result.labels == 2, truth == 2) > 0.5
     assert "flags" in result.qc
 
+    # test-time BatchNorm adaptation: recorded, the model's own network untouched, and the series is still segmented
+    before = {k: v.clone() for k, v in model.network.state_dict().items()}
+    adapted = segment_series(series, model, center_yx=centre, adapt_bn=True)
+    assert adapted.info["bn_adapted"] and not result.info["bn_adapted"]
+    assert not np.allclose(adapted.network_probabilities, result.network_probabilities, atol=1e-4)
+    assert all(np.array_equal(before[k].numpy(), v.numpy()) for k, v in model.network.state_dict().items())
+    assert dice(adapted.labels == 1, truth == 1) > 0.5
+
 
 # --- command line -----------------------------------------------------------------------------------------------------
 def test_segment_cli_without_a_model_exits_2_naming_the_file(tmp_path, capsys, monkeypatch):
