@@ -428,6 +428,9 @@ def main(argv=None) -> int:
         runs = [("fast", False, None), ("fast", True, None), ("fast, default until session 6 (baseline)", True, previous),
                 ("fast, racing last stage (2, 3, +10 %, race)", True, racing)]
         pools = {label: pool_t for label, _, _ in runs}
+        adapt_label = "fast, BatchNorm adapted to each slice (adapt_bn)"
+        pools[adapt_label] = pool_t
+        runs.insert(2, (adapt_label, True, None))
         if args.baseline_pool:
             from PerfusionDAUGSLib.pool import load_pool
             base = load_pool(args.baseline_pool, device="cpu")
@@ -439,7 +442,7 @@ def main(argv=None) -> int:
         for label, bf16, schedule in runs:
             kw = {} if schedule is None else {"schedule": schedule}
             t, c = time.perf_counter(), time.process_time()
-            r = select_members(pools[label], list(study_x), fast=True, bf16=bf16, **kw)
+            r = select_members(pools[label], list(study_x), fast=True, bf16=bf16, adapt_bn=label == adapt_label, **kw)
             wall, cpu = time.perf_counter() - t, time.process_time() - c
             walls[(label, bf16)] = wall
             nf = sum(x.n_patch_forwards for x in r)
@@ -449,6 +452,8 @@ def main(argv=None) -> int:
         print(f"\nbf16 fast, current default / previous default (same process): "
               f"{walls[('fast', True)] / walls[(prev_label, True)]:.2f}; racing last stage / current default: "
               f"{walls[(race_label, True)] / walls[('fast', True)]:.2f}")
+        print(f"bf16 fast, BatchNorm adapted / not adapted (same process): "
+              f"{walls[(adapt_label, True)] / walls[('fast', True)]:.2f}")
         if args.baseline_pool:
             print(f"bf16 fast, this pool / baseline pool {args.baseline_pool} (same process, same study): "
                   f"{walls[('fast', True)] / walls[(runs[2][0], True)]:.2f}")

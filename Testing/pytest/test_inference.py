@@ -311,7 +311,14 @@ def test_segment_cli_daugs_writes_labels_umap_and_json(tmp_path, capsys):
     assert labels.shape[:2] == umap.shape[:2] == (44, 48)
     assert np.isfinite(np.asarray(umap.dataobj)).all()
     info = json.loads((tmp_path / "out" / "s_daugs.json").read_text())
-    assert info["chosen"] in ("m0", "m1") and set(info["u_pp"]) == {"m0", "m1"}
+    assert info["chosen"] in ("m0", "m1") and set(info["u_pp"]) == {"m0", "m1"} and info["bn_adapted"] is False
+    rc = main(["segment", str(tmp_path / "s.nii.gz"), "--out", str(tmp_path / "out2"), "--method", "daugs",
+               "--pool", str(pool), "--umap-stride", "16", "--device", "cpu", "--adapt-bn"])
+    assert rc == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "out2" / "s_daugs.json").read_text())["bn_adapted"] is True
+    rc = main(["segment", str(tmp_path / "s.nii.gz"), "--out", str(tmp_path / "out3"), "--method", "resunet",
+               "--runtime", "onnx", "--adapt-bn"])
+    assert rc == 2 and "--adapt-bn" in capsys.readouterr().err and not (tmp_path / "out3").exists()
 
 
 def test_expert_labels_pass_qc_and_survive_postprocessing():

@@ -30,6 +30,10 @@ def register(subparsers) -> None:
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                    help="ResUNet: torch (default) or ONNX Runtime, without torch (an ONNX card from "
                         "`perfusion export-onnx`, given with --model or found beside the model card)")
+    p.add_argument("--adapt-bn", action="store_true",
+                   help="re-estimate the networks' BatchNorm statistics on each input series (test-time adaptation; "
+                        "torch only). Measured: better on coarsely labelled real series, much worse on some phantom "
+                        "presets (docs/daugs.md); off by default")
     add_geometry_options(p)
     p.set_defaults(func=run)
 
@@ -67,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     model = None
     if args.runtime == "onnx" and args.method != "resunet":
         raise InvalidParameterError("--runtime onnx runs the ResUNet: give --method resunet (or --model)")
+    if args.runtime == "onnx" and args.adapt_bn:
+        raise InvalidParameterError("--adapt-bn needs the torch runtime (ONNX models are frozen)")
     name = (_default_resunet() if args.model is None else args.model) if args.method == "resunet" else None
     if args.method == "resunet" and args.runtime == "onnx":
         from ..networks.onnx_model import load_onnx_model
@@ -88,12 +94,12 @@ def run(args: argparse.Namespace) -> int:
         from PerfusionDAUGSLib.daugs import run_daugs
         # every slice in one call: the pool members run over all slices' patches together
         daugs_results = run_daugs(series_list, args.pool, umap_stride=args.umap_stride, seg_stride=16,
-                                  device=args.device, bf16=args.bf16)
+                                  device=args.device, bf16=args.bf16, adapt_bn=args.adapt_bn)
     out.mkdir(parents=True, exist_ok=True)
     for i, (stem, series) in enumerate(zip(unique_stems(args.inputs), series_list)):
         if args.method == "resunet":
             from ..inference import segment_series
-            result = segment_series(series, model, bf16=args.bf16 and args.runtime == "torch")
+            result = segment_series(series, model, bf16=args.bf16 and args.runtime == "torch", adapt_bn=args.adapt_bn)
             labels, flags = result.labels, result.qc["flags"]
         else:
             result = daugs_results[i]
