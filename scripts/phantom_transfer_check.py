@@ -151,6 +151,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--lr-halve-every", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--config", default="default",
+                    help="UNet2D configuration (networks.unet.CONFIGS): default, or default_in (InstanceNorm)")
     ap.add_argument("--loss", choices=("ce", "ce+jaccard"), default="ce",
                     help="training loss (DAUGS: cross-entropy; Xue: cross-entropy plus soft Jaccard)")
     ap.add_argument("--evaluate-only", action="store_true",
@@ -169,7 +171,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     recipe = DAUGS2024.replace(batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch, lr=args.lr,
                                lr_halve_every=args.lr_halve_every, epochs=1000, early_stop_patience=None,
-                               bank_size=192, val_slices=24, loss=args.loss)
+                               bank_size=192, val_slices=24, loss=args.loss, config=args.config)
     t0 = time.time()
     if args.evaluate_only:
         history = json.loads((args.work / "run" / "history.json").read_text())
@@ -200,7 +202,8 @@ def main(argv=None) -> int:
     from PerfusionSegLib.postprocess import clean_labels
     cleaned = {level: myocardium_dice(clean_labels(preds[level]), ref) for level, _, ref in cases}
     ml_cleaned = [myocardium_dice(clean_labels(p), ref) for p, ref in zip(ml_preds, ml_refs)]
-    summary = {"minutes_budget": args.minutes, "epochs": last, "steps": last * recipe.steps_per_epoch,
+    summary = {"minutes_budget": args.minutes, "config": args.config, "epochs": last,
+               "steps": last * recipe.steps_per_epoch,
                "seconds_total": round(time.time() - t0, 1), "phantom_val_dice": history[-1]["val_dice"],
                "daugs_dev_myocardium_dice": scores, "mean": mean,
                "ml_perfusion_coarse_myocardium_dice": {"n": len(ml), "mean": float(np.mean(ml)) if ml else None,

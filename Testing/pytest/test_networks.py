@@ -85,6 +85,31 @@ def test_build_network_round_trips_config():
     assert twin.config == net.config and count_parameters(twin) == count_parameters(net)
 
 
+def test_unet_normalisation_options_and_the_older_cards_spelling():
+    from torch import nn
+
+    inst = build_network("unet2d", config="default_in")
+    norms = [m for m in inst.modules() if isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d))]
+    assert norms and all(isinstance(m, nn.InstanceNorm2d) and m.affine for m in norms)
+    assert count_parameters(inst) == count_parameters(build_network("unet2d"))       # same weights, other statistics
+    twin = build_network(architecture_name(inst), **inst.config)
+    assert twin.config == inst.config and twin.config["norm"] == "instance"
+    # each sample normalised by its own statistics: a sample's output does not depend on the batch it is in
+    inst.eval()
+    x = torch.randn(3, 30, 64, 64)
+    with torch.inference_mode():
+        assert torch.allclose(inst(x)[1:2], inst(x[1:2]), atol=1e-5)
+    # a card written before the norm option (batch_norm only) builds the network it always did
+    old = dict(build_network("unet2d", config="tiny").config)
+    old.pop("norm")
+    assert any(isinstance(m, nn.BatchNorm2d) for m in build_network("unet2d", **old).modules())
+    plain = build_network("unet2d", **dict(old, batch_norm=False))
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d)) for m in plain.modules())
+    assert plain.config["norm"] == "none"
+    with pytest.raises(InvalidParameterError):
+        build_network("unet2d", config="tiny", norm="group")
+
+
 def test_loss_is_small_for_a_confident_correct_prediction_and_large_otherwise():
     target = torch.zeros(1, 8, 8, dtype=torch.long)
     target[0, 2:6, 2:6] = 2

@@ -39,17 +39,34 @@ class PreActResidualBlock(nn.Module):
         return out + self.shortcut(x)
 
 
+NORMS = ("batch", "instance", "none")
+
+
+def make_norm(norm: str, channels: int) -> nn.Module | None:
+    """BatchNorm (statistics of the training set, frozen at inference), InstanceNorm (each sample's own statistics,
+    at training and inference alike; nnU-Net's choice, robust to intensity shifts between scanners) or none."""
+    if norm == "batch":
+        return nn.BatchNorm2d(channels)
+    if norm == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    if norm == "none":
+        return None
+    raise InvalidParameterError(f"unknown normalisation {norm!r}; known: {', '.join(NORMS)}")
+
+
 class DoubleConv(nn.Module):
-    """The vanilla U-Net unit: (conv3x3-BN-act) twice."""
+    """The vanilla U-Net unit: (conv3x3-norm-act) twice."""
 
     def __init__(self, in_channels: int, out_channels: int, activation: str = "relu", negative_slope: float = 0.01,
-                 batch_norm: bool = True):
+                 batch_norm: bool = True, norm: str | None = None):
         super().__init__()
+        norm = norm or ("batch" if batch_norm else "none")
         layers = []
         for c_in in (in_channels, out_channels):
-            layers.append(nn.Conv2d(c_in, out_channels, 3, padding=1, bias=not batch_norm))
-            if batch_norm:
-                layers.append(nn.BatchNorm2d(out_channels))
+            layers.append(nn.Conv2d(c_in, out_channels, 3, padding=1, bias=norm == "none"))
+            n = make_norm(norm, out_channels)
+            if n is not None:
+                layers.append(n)
             layers.append(make_activation(activation, negative_slope))
         self.body = nn.Sequential(*layers)
 
@@ -66,7 +83,7 @@ def he_init(module: nn.Module, activation: str = "relu", negative_slope: float =
             nn.init.kaiming_normal_(m.weight, a=a, mode="fan_out", nonlinearity=nonlin)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
+        elif isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d)) and m.weight is not None:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 

@@ -3,8 +3,8 @@
 DAUGS (uncertainty-guided pool selection) runs a 2D U-Net on 64x64 patches of a 128x128 crop, the 30 first-pass
 frames (pchip-resampled, scaled to [0, 1]) as input channels. Classes: background, blood pool, myocardium, RV
 (project codes 0-3; RV added to the published three classes because the AHA split needs the insertion points).
-Each level: (conv3x3-BN-ReLU) x2; down by 2x max-pool; up by 2x transposed convolution (or bilinear) with skip
-concatenation; 1x1 head. He initialisation.
+Each level: (conv3x3-norm-ReLU) x2 (norm: BatchNorm, or InstanceNorm with ``norm="instance"``); down by 2x max-pool;
+up by 2x transposed convolution (or bilinear) with skip concatenation; 1x1 head. He initialisation.
 """
 from __future__ import annotations
 
@@ -28,23 +28,28 @@ CONFIGS = {
     # in bf16 (docs/daugs.md), so a 50-member DAUGS search fits the 10 s budget with room for a wider search
     "lite": dict(in_channels=30, n_classes=4, features=(8, 16, 32, 64), activation="relu", up_mode="transpose"),
     "tiny": dict(in_channels=30, n_classes=4, features=(8, 16), activation="relu", up_mode="bilinear"),
+    # default_in: "default" with InstanceNorm in place of BatchNorm (each patch normalised by its own statistics, as
+    # nnU-Net does): tried for the transfer of phantom training to real scans (docs/phantom.md, fourteenth session)
+    "default_in": dict(in_channels=30, n_classes=4, features=(16, 32, 64, 128), activation="relu",
+                       up_mode="transpose", norm="instance"),
 }
 
 
 class UNet2D(nn.Module):
     def __init__(self, in_channels: int = 30, n_classes: int = 4, features: Sequence[int] = (16, 32, 64, 128),
                  activation: str = "relu", negative_slope: float = 0.01, up_mode: str = "transpose",
-                 batch_norm: bool = True, init_weights: bool = True):
+                 batch_norm: bool = True, norm: str | None = None, init_weights: bool = True):
         super().__init__()
         features = tuple(int(f) for f in features)
+        norm = norm or ("batch" if batch_norm else "none")        # ``batch_norm``: the older cards' spelling
         if len(features) < 2 or min(features) < 1 or in_channels < 1 or n_classes < 2:
             raise InvalidParameterError("UNet2D needs at least two levels of positive widths and 2 classes")
         if up_mode not in ("transpose", "bilinear"):
             raise InvalidParameterError(f"up_mode must be 'transpose' or 'bilinear', got {up_mode!r}")
         self.config = dict(in_channels=int(in_channels), n_classes=int(n_classes), features=list(features),
                            activation=activation, negative_slope=float(negative_slope), up_mode=up_mode,
-                           batch_norm=bool(batch_norm))
-        act = dict(activation=activation, negative_slope=negative_slope, batch_norm=batch_norm)
+                           batch_norm=norm == "batch", norm=norm)
+        act = dict(activation=activation, negative_slope=negative_slope, norm=norm)
         self.encoder = nn.ModuleList()
         c = in_channels
         for f in features:
