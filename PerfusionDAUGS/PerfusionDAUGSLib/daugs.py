@@ -207,10 +207,8 @@ def run_daugs(series, pool=None, *, umap_stride: int = UMAP_STRIDE, seg_stride: 
                                 schedule=DEFAULT_SCHEDULE if schedule is None else schedule,
                                 rank_stride=int(seg_stride) if keep_member_labels else RANK_STRIDE,
                                 batch_size=batch_size, bf16=bf16, margin=margin, patch=patch, adapt_bn=adapt_bn)
-    results = [_to_result(s, geo, sel, pool_obj, keep_member_labels, uncertainty_threshold, postprocess)
+    results = [_to_result(s, geo, sel, pool_obj, keep_member_labels, uncertainty_threshold, postprocess, adapt_bn)
                for s, (_, geo), sel in zip(seq, prepared, selections)]
-    for r in results:
-        r.bn_adapted = bool(adapt_bn)
     return results[0] if single else results
 
 
@@ -220,7 +218,7 @@ def _to_input_grid(geometry, array: np.ndarray, order: int) -> np.ndarray:
 
 
 def _to_result(series, geometry, sel, pool, keep_member_labels: bool, uncertainty_threshold,
-               postprocess: bool = True) -> DAUGSResult:
+               postprocess: bool = True, bn_adapted: bool = False) -> DAUGSResult:
     from PerfusionSegLib.postprocess import clean_labels
     from PerfusionSegLib.qc import slice_qc
 
@@ -249,7 +247,8 @@ def _to_result(series, geometry, sel, pool, keep_member_labels: bool, uncertaint
                        flags=flags, search=sel.mode, umap_stride=chosen.umap_stride, seg_stride=chosen.seg_stride,
                        seconds=sel.seconds, n_patch_forwards=sel.n_patch_forwards, geometry=geometry,
                        network_labels=chosen.labels, network_umap=chosen.umap, member_labels=member_labels,
-                       pool_name=str(getattr(pool, "name", "")), source=str(getattr(series, "source", "")))
+                       pool_name=str(getattr(pool, "name", "")), source=str(getattr(series, "source", "")),
+                       bn_adapted=bool(bn_adapted))
 
 
 __all__ = ["DAUGSResult", "run_daugs", "prepare_daugs_input", "DEFAULT_POOL", "DAUGS_INPUT", "MYOCARDIUM_LABEL"]

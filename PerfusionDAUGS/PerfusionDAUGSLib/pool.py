@@ -331,8 +331,9 @@ def build_pool_from_runs(run_dirs: Sequence[Union[str, os.PathLike]], out_dir: U
     Above ``max_members``, the best by Dice are kept, spread over the runs (round robin over runs, each run's
     checkpoints in descending Dice), so one run cannot fill the pool. ``min_epoch_gap``: within a run, a checkpoint
     joins only if it lies at least this many epochs from every checkpoint of that run already chosen (greedy, best
-    Dice first). Why: late checkpoints one epoch apart are near copies of each other; they add nothing to the
-    pool's diversity and their near-tied U_pp make the fast search's choice a coin toss. The established member is
+    Dice first). Why: late checkpoints one epoch apart are near copies of each other; they add little to the
+    pool's diversity, and their near-tied U_pp may be what makes the fast search miss the exhaustive choice (not
+    yet measured). The established member is
     the best Dice. Checkpoints are loaded through the registry (sha256 checked) and copied into ``out_dir``.
     ``extra``: more index entries (the pool's model card: training data, recipe, time and machine).
     """

@@ -39,6 +39,7 @@ The ``Exhaustive`` cost, for scale: 50 members x 3 slices x 1089 = 163,350 patch
 """
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -247,13 +248,10 @@ class PoolEvaluator:
         if not self.adapt_bn:
             return self.predictors[m](patches)
         out, start = [], 0
-        while start < len(images_of_rows):
-            i = images_of_rows[start]
-            end = start
-            while end < len(images_of_rows) and images_of_rows[end] == i:
-                end += 1
-            out.append(self.predictor(m, i)(patches[start:end]))
-            start = end
+        for i, run in itertools.groupby(images_of_rows):
+            n = len(list(run))
+            out.append(self.predictor(m, i)(patches[start:start + n]))
+            start += n
         return torch.cat(out) if len(out) > 1 else out[0]
 
     def advance(self, member_indices: Sequence[int], stride: int,

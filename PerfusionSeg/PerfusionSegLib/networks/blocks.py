@@ -58,9 +58,8 @@ class DoubleConv(nn.Module):
     """The vanilla U-Net unit: (conv3x3-norm-act) twice."""
 
     def __init__(self, in_channels: int, out_channels: int, activation: str = "relu", negative_slope: float = 0.01,
-                 batch_norm: bool = True, norm: str | None = None):
+                 norm: str = "batch"):
         super().__init__()
-        norm = norm or ("batch" if batch_norm else "none")
         layers = []
         for c_in in (in_channels, out_channels):
             layers.append(nn.Conv2d(c_in, out_channels, 3, padding=1, bias=norm == "none"))
