@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Realism measured by use: a patch U-Net trained on the phantom alone, tested on the real daugs_dev slices.
 
-Trains ``UNet2D`` (``default``: 0.49 M parameters, 30 frames as channels, 64x64 patches) with the training package
+Trains ``UNet2D`` (``default_in``: 0.49 M parameters, InstanceNorm, 30 frames as channels, 64x64 patches; ``--config
+default`` is the BatchNorm network of the shipped pool and of the checks before the fourteenth session) with the training package
 (`PerfusionSegLib.training`, the same code as `perfusion train --family daugs`) on on-the-fly phantom slices (3 in 7
 from the ``randomised`` preset, the rest from the four named presets) for a wall-clock budget that includes data
 generation, then segments the three expert-labelled ``../shared/data/daugs_dev`` slices (128x128, 30 frames, [0, 1])
@@ -151,8 +152,9 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--lr-halve-every", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--config", default="default",
-                    help="UNet2D configuration (networks.unet.CONFIGS): default, or default_in (InstanceNorm)")
+    ap.add_argument("--config", default="default_in",
+                    help="UNet2D configuration (networks.unet.CONFIGS): default_in (InstanceNorm; the default since the "
+                         "fourteenth session, docs/phantom.md) or default (BatchNorm, the shipped pool's)")
     ap.add_argument("--loss", choices=("ce", "ce+jaccard"), default="ce",
                     help="training loss (DAUGS: cross-entropy; Xue: cross-entropy plus soft Jaccard)")
     ap.add_argument("--evaluate-only", action="store_true",
