@@ -94,11 +94,14 @@ def test_unet_normalisation_options_and_the_older_cards_spelling():
     assert count_parameters(inst) == count_parameters(build_network("unet2d"))       # same weights, other statistics
     twin = build_network(architecture_name(inst), **inst.config)
     assert twin.config == inst.config and twin.config["norm"] == "instance"
-    # each sample normalised by its own statistics: a sample's output does not depend on the batch it is in
+    # each patch normalised by its own statistics: a gain on the input intensity changes nothing, as it does with
+    # BatchNorm's frozen statistics (an offset would: the convolutions' zero padding does not carry it)
     inst.eval()
-    x = torch.randn(3, 30, 64, 64)
+    batch = build_network("unet2d").eval()
+    x = torch.rand(2, 30, 64, 64)
     with torch.inference_mode():
-        assert torch.allclose(inst(x)[1:2], inst(x[1:2]), atol=1e-5)
+        assert torch.allclose(inst(2.5 * x), inst(x), atol=1e-3)
+        assert not torch.allclose(batch(2.5 * x), batch(x), atol=1e-3)
     # a card written before the norm option (batch_norm only) builds the network it always did
     old = dict(build_network("unet2d", config="tiny").config)
     old.pop("norm")
