@@ -425,12 +425,11 @@ def main(argv=None) -> int:
         # the previous default schedule, bf16, is the baseline in the same process (the 2 cores' speed drifts)
         # a racing last stage in place of the default's last two (selection.RACE_MARGIN; docs/daugs.md, ninth session)
         racing = ((16, 16, 2.5), (8, 6, 1.0, "phased"), (2, 3, 0.1, "race"))
-        runs = [("fast", False, None), ("fast", True, None), ("fast, default until session 6 (baseline)", True, previous),
+        adapt_label = "fast, BatchNorm adapted to each slice (adapt_bn)"
+        runs = [("fast", False, None), ("fast", True, None), (adapt_label, True, None),
+                ("fast, default until session 6 (baseline)", True, previous),
                 ("fast, racing last stage (2, 3, +10 %, race)", True, racing)]
         pools = {label: pool_t for label, _, _ in runs}
-        adapt_label = "fast, BatchNorm adapted to each slice (adapt_bn)"
-        pools[adapt_label] = pool_t
-        runs.insert(2, (adapt_label, True, None))
         if args.baseline_pool:
             from PerfusionDAUGSLib.pool import load_pool
             base = load_pool(args.baseline_pool, device="cpu")

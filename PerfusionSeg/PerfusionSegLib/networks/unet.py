@@ -24,8 +24,8 @@ CONFIGS = {
     # material available here, so this is the classic U-Net layout at half the original width (32..256, 3 poolings
     # down to 8x8): 1.94 M parameters
     "daugs2024": dict(in_channels=30, n_classes=4, features=(32, 64, 128, 256), activation="relu", up_mode="transpose"),
-    # lite: "default" at half the width (0.12 M parameters); about 0.45x the patch cost of "default" on a 2-core CPU
-    # in bf16 (docs/daugs.md), so a 50-member DAUGS search fits the 10 s budget with room for a wider search
+    # lite: "default" at half the width (0.12 M parameters), 0.43x its patch cost on a 2-core CPU in bf16; with the
+    # pool recipe it did not reach the pool's 0.87 validation Dice in 93 epochs (docs/daugs.md, fourteenth session)
     "lite": dict(in_channels=30, n_classes=4, features=(8, 16, 32, 64), activation="relu", up_mode="transpose"),
     "tiny": dict(in_channels=30, n_classes=4, features=(8, 16), activation="relu", up_mode="bilinear"),
     # default_in: "default" with InstanceNorm in place of BatchNorm (each patch normalised by its own statistics, as
