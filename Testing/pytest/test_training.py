@@ -103,6 +103,31 @@ def test_tiny_daugs_run_resumes_and_exports_a_pool(tmp_path):
     assert json.loads((tmp_path / "pool" / "pool.json").read_text())["min_epoch_gap"] == 2
 
 
+def test_parallel_runs_train_the_same_runs_as_the_sequential_loop(tmp_path):
+    """--parallel-runs: each run in its own process sees the seed and data stream it sees in the sequential loop."""
+    from PerfusionSegLib.training.pipeline import train_family
+
+    recipe = DAUGS2024.replace(config="tiny", epochs=2, steps_per_epoch=2, batch_size=8, bank_size=2, val_slices=1)
+    logs = []
+    kw = dict(runs=2, dice_threshold=0.0, progress=False)
+    sequential = train_family(recipe, ["phantom:siemens-flash-3t"], tmp_path / "seq", log=lambda m: None, **kw)
+    parallel = train_family(recipe, ["phantom:siemens-flash-3t"], tmp_path / "par", parallel_runs=2,
+                            log=logs.append, **kw)
+    assert parallel["n_members"] == sequential["n_members"] == 4
+    assert any("2 at a time" in m for m in logs)
+    machine = json.loads((tmp_path / "par" / "pool" / "pool.json").read_text())["training"]["machine"]
+    assert "2 runs at a time" in machine
+    for run in ("run00", "run01"):
+        seq, par = (json.loads((tmp_path / d / "runs" / run / "history.json").read_text()) for d in ("seq", "par"))
+        assert [h["epoch"] for h in par] == [1, 2]
+        assert [h["loss"] for h in par] == pytest.approx([h["loss"] for h in seq], rel=1e-4)
+    runs_differ = json.loads((tmp_path / "par" / "runs" / "run00" / "history.json").read_text())[0]["loss"] != \
+        json.loads((tmp_path / "par" / "runs" / "run01" / "history.json").read_text())[0]["loss"]
+    assert runs_differ  # two initialisations, not one run twice
+    with pytest.raises(InvalidParameterError, match="parallel-runs"):
+        train_family(recipe, ["phantom:siemens-flash-3t"], tmp_path / "bad", parallel_runs=0, log=lambda m: None,
+                     **kw)
+
 
 def test_time_budget_counts_earlier_invocations_of_a_run(tmp_path):
     """--max-minutes is per run: an interrupted pool run, started again, does not train run00 for a second budget."""
@@ -179,4 +204,6 @@ def test_train_cli_passes_the_member_epoch_gap(monkeypatch, tmp_path):
     monkeypatch.setattr(pipeline, "train_family", fake_train_family)
     assert main(["train", "--family", "daugs", "--config", "lite", "--out", str(tmp_path),
                  "--member-epoch-gap", "4"]) == 0
-    assert seen["min_epoch_gap"] == 4 and seen["config"] == "lite"
+    assert seen["min_epoch_gap"] == 4 and seen["config"] == "lite" and seen["parallel_runs"] == 1
+    assert main(["train", "--family", "daugs", "--out", str(tmp_path), "--parallel-runs", "3"]) == 0
+    assert seen["parallel_runs"] == 3

@@ -33,6 +33,9 @@ def register(subparsers) -> None:
                    help="DAUGS: members of one run lie at least this many epochs apart (1: any checkpoint)")
     p.add_argument("--max-minutes", type=float, help="training budget of each run in minutes, counted over interrupted and resumed invocations")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--parallel-runs", type=int, default=1, metavar="N",
+                   help="DAUGS: train N runs at once, one process each (on a GPU the data generation is the "
+                        "bottleneck of one run); the runs are the same as when trained one after the other")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resume", action="store_true", help="start again even if the output holds a run")
     p.add_argument("--half", action="store_true", help="store exported weights as float16 (half the size)")
@@ -64,6 +67,7 @@ def run(args) -> int:
                           resume=not args.no_resume, max_minutes=args.max_minutes,
                           dice_threshold=args.dice_threshold, max_members=args.max_members,
                           min_epoch_gap=args.member_epoch_gap, half=args.half,
+                          parallel_runs=args.parallel_runs,
                           progress=not args.quiet, log=log)
     print(result["summary"])
     return 0
