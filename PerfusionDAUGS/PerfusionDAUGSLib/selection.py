@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from PerfusionSegLib.errors import InvalidParameterError
-from PerfusionSegLib.networks.inference_copy import bf16_copy, inference_copy, uses_channels_last
+from PerfusionSegLib.networks.inference_copy import cached_copy, uses_channels_last
 
 from .patching import PatchAccumulator, _margins, extract_patches, make_grid, phase_rounds, phased_offsets
 from .umap import (MYOCARDIUM_LABEL, PATCH_SIZE, SEG_STRIDE, UMAP_MARGIN, UMAP_STRIDE, MemberEvaluation,
@@ -110,7 +110,8 @@ class _Predictor:
     series of the agreement benchmark the fast bf16 search then chose members 5.2 / 20.6 / 0.5 % worse in stride-2
     U_pp than the exhaustive choice; unfolded bf16 chose as fp32 did, 4.0 / 0 / 0 %; docs/daugs.md). It runs a copy
     with bf16 convolution weights (``bf16_copy``: the same numbers, bit for bit, without casting the weights on every
-    call) where the member's layers allow it, else autocast itself."""
+    call) where the member's layers allow it, else autocast itself. Both copies are made once per member and reused
+    by later studies (``cached_copy``)."""
 
     def __init__(self, member, bf16: bool = False):
         original = _network_of(member)
@@ -118,9 +119,9 @@ class _Predictor:
         self.bf16 = bool(bf16)
         # conv nets run faster channels-last on CPU (oneDNN; the registry loads them so); keep what the net uses
         self.channels_last = uses_channels_last(original)
-        copy16 = bf16_copy(original) if self.bf16 else None
+        copy16 = cached_copy(original, "bf16") if self.bf16 else None
         self.bf16_input = copy16 is not None
-        self.network = copy16 if self.bf16_input else original.eval() if self.bf16 else inference_copy(original)
+        self.network = copy16 if self.bf16_input else original.eval() if self.bf16 else cached_copy(original, "fp32")
 
     def __call__(self, patches: torch.Tensor) -> torch.Tensor:
         x = patches.to(self.device, non_blocking=True)

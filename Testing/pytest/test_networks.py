@@ -299,6 +299,31 @@ def test_bf16_copy_declines_layers_it_does_not_know():
     assert bf16_copy(build_network("unet2d", config="tiny")) is None     # bilinear up-sampling: autocast decides
 
 
+def test_cached_copies_are_reused_until_the_network_changes():
+    from PerfusionSegLib.networks.inference_copy import cached_copy
+
+    torch.manual_seed(2)
+    net = _with_running_statistics(build_network("unet2d", config="default")).to(memory_format=torch.channels_last)
+    other = _with_running_statistics(build_network("unet2d", config="default"))
+    first = cached_copy(net, "fp32")
+    assert cached_copy(net, "fp32") is first                                  # reused
+    assert cached_copy(net, "bf16") is not first and cached_copy(other, "fp32") is not first
+    x = torch.rand(2, 30, 64, 64)
+    with torch.inference_mode():
+        before = first(x)
+    with torch.no_grad():                                                     # weights changed in place
+        next(net.parameters()).mul_(0.5)
+    second = cached_copy(net, "fp32")
+    assert second is not first
+    with torch.inference_mode():
+        assert not torch.allclose(second(x), before)
+        assert torch.allclose(second(x), net(x), atol=1e-4, rtol=1e-4)
+    next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_mean.add_(1.0)   # a buffer
+    assert cached_copy(net, "fp32") is not second
+    with pytest.raises(ValueError, match="kind"):
+        cached_copy(net, "fp16")
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # test-time BatchNorm adaptation
 # ---------------------------------------------------------------------------------------------------------------------
