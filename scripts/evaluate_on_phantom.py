@@ -135,7 +135,8 @@ def main(argv=None) -> int:
         print(f"| {preset} | {len(sel)} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} | {' / '.join(lost)} |")
     record = {"summary": summary, "seed_base": args.seed_base, "studies_per_preset": args.studies,
               "fast": not args.exhaustive, "bf16": args.bf16, "adapt_bn": args.adapt_bn, "resunet": args.model,
-              "lost_below_myo_dice": LOST}
+              "pool": (str(args.pool) if args.pool else None), "lost_below_myo_dice": LOST}
+    # the record goes into the pool's index and the ResUNet's card alike: each names the other model it was run with
     if args.out:
         args.out.write_text(json.dumps(dict(record, rows=rows), indent=1))
     if args.save_labels:
