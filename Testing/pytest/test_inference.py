@@ -386,3 +386,19 @@ def test_automatic_method_takes_the_pool_first_then_the_resunet(tiny_model, tmp_
         shutil.copy(f, both / f.name)
     card, _ = _find_card(AnalysisOptions(method="resunet", models_dirs=(str(both),)))
     assert Path(card).name == tiny_model[1].name
+
+
+def test_gpu_benchmark_says_so_and_exits_2_without_a_gpu(monkeypatch, capsys):
+    """benchmarks/bench_gpu.py compares CPU and CUDA; on a machine without a GPU it exits 2 with one line."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_gpu", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert bench.main(["--studies", "1"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
