@@ -338,6 +338,9 @@ def main(argv=None) -> int:
     ap.add_argument("--recheck-from", type=int, default=0, help="with --recheck-real: only series from this index")
     ap.add_argument("--baseline-pool", help="with --pool: a second trained pool timed in the same process (bf16, "
                                             "default schedule) as the baseline of the timing ratio")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                    help="with --pool: where the pool runs (cuda: record the exhaustive agreement logs on a GPU; the "
+                         "timing rows are meant for the CPU)")
     ap.add_argument("--pool", help="a trained pool folder (e.g. Resources/Models/daugs_pool) instead of the "
                                    "checkpoint x perturbation pools: its members, its established member")
     args = ap.parse_args(argv)
@@ -349,7 +352,7 @@ def main(argv=None) -> int:
     trained = None
     if args.pool:
         from PerfusionDAUGSLib.pool import load_pool
-        trained = load_pool(args.pool, device="cpu")
+        trained = load_pool(args.pool, device=args.device)
         args.agree_config = args.timing_config = f"pool {trained.name}"
         args.members = len(trained)
     tag = f"pool_{trained.name}" if trained is not None else args.agree_config
