@@ -136,7 +136,6 @@ def main(argv=None) -> int:
     record = {"summary": summary, "seed_base": args.seed_base, "studies_per_preset": args.studies,
               "fast": not args.exhaustive, "bf16": args.bf16, "adapt_bn": args.adapt_bn, "resunet": args.model,
               "pool": (str(args.pool) if args.pool else None), "lost_below_myo_dice": LOST}
-    # the record goes into the pool's index and the ResUNet's card alike: each names the other model it was run with
     if args.out:
         args.out.write_text(json.dumps(dict(record, rows=rows), indent=1))
     if args.save_labels:
@@ -162,9 +161,12 @@ def main(argv=None) -> int:
     if args.record and args.pool:
         from PerfusionDAUGSLib.pool import record_evaluation
         print(f"recorded in {record_evaluation(args.pool, 'phantom_test', record)}")
-    if args.record and args.model:
+    if args.record and args.model:   # the ResUNet's card gets the ResUNet's figures only, whatever pool ran beside it
         from PerfusionSegLib.networks.registry import record_evaluation as record_in_card
-        print(f"recorded in {record_in_card(args.model, 'phantom_test', record)}")
+        own = {k: v for k, v in record.items() if k not in ("summary", "high_uncertainty", "fast", "pool")}
+        own["summary"] = {p: {"slices": e["slices"], "resunet": e["resunet"]}
+                          for p, e in record["summary"].items() if "resunet" in e}
+        print(f"recorded in {record_in_card(args.model, 'phantom_test', own)}")
     return 0
 
 

@@ -222,9 +222,15 @@ def main(argv=None) -> int:
         if args.pool:
             from PerfusionDAUGSLib.pool import record_evaluation
             print(f"recorded in {record_evaluation(args.pool, 'real_data', record)}")
-        if args.model:
+        if args.model:   # the ResUNet's card gets the ResUNet's figures only, whatever pool ran beside it
             from PerfusionSegLib.networks.registry import record_evaluation as record_in_card
-            print(f"recorded in {record_in_card(args.model, 'real_data', record)}")
+            own = {k: v for k, v in record.items()
+                   if k not in ("summary", "daugs_dev_per_slice", "fast", "daugs_postprocess", "pool")}
+            own["summary"] = {d: {k: v for k, v in s.items() if k.startswith("resunet") or k == "n"}
+                              for d, s in summaries.items()}
+            own["daugs_dev_per_slice"] = {c: {"resunet_myo": v["resunet_myo"]} for c, v in per_case.items()
+                                          if "resunet_myo" in v}
+            print(f"recorded in {record_in_card(args.model, 'real_data', own)}")
     return 0
 
 
