@@ -115,8 +115,9 @@ def test_parallel_runs_train_the_same_runs_as_the_sequential_loop(tmp_path):
                             log=logs.append, **kw)
     assert parallel["n_members"] == sequential["n_members"] == 4
     assert any("2 at a time" in m for m in logs)
-    machine = json.loads((tmp_path / "par" / "pool" / "pool.json").read_text())["training"]["machine"]
-    assert "2 runs at a time" in machine
+    cards = {d: json.loads((tmp_path / d / "pool" / "pool.json").read_text())["training"] for d in ("seq", "par")}
+    assert "2 runs at a time" in cards["par"]["machine"] and "at a time" not in cards["seq"]["machine"]
+    assert cards["par"]["validation"] == cards["seq"]["validation"]
     for run in ("run00", "run01"):
         seq, par = (json.loads((tmp_path / d / "runs" / run / "history.json").read_text()) for d in ("seq", "par"))
         assert [h["epoch"] for h in par] == [1, 2]
