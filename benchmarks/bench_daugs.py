@@ -435,7 +435,7 @@ def main(argv=None) -> int:
         pools = {label: pool_t for label, _, _ in runs}
         if args.baseline_pool:
             from PerfusionDAUGSLib.pool import load_pool
-            base = load_pool(args.baseline_pool, device="cpu")
+            base = load_pool(args.baseline_pool, device=args.device)   # both pools timed on one device
             widths = base.members[0].network.config["features"]
             label = f"fast, baseline pool {base.name} (UNet2D {widths})"
             pools[label] = [(m.name, m.network.eval()) for m in base.members]
