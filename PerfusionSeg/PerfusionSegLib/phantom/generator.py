@@ -513,7 +513,8 @@ RV_TRABECULAE_FRACTION = 0.0
 # the training myocardium label may leave out a partial-volume margin of this many acquired pixels at every border
 # (the pixels whose point-spread function reaches blood, fat or RV, which quantitative ROIs exclude); the images and
 # the study truth are unchanged either way. 0: the anatomical label. 0.5 was tried and not kept: it failed its rule on
-# the coarse ml_perfusion labels, which are drawn thick (docs/phantom.md, twelfth session)
+# the coarse ml_perfusion labels, which are drawn thick (docs/phantom.md, twelfth and fifteenth sessions); 0.35, the
+# value that matches the ml wall thickness, failed the same rule (sixteenth session)
 TRAIN_MYO_MARGIN_ACQ_PX = 0.0
 # training slices may be rendered as slabs of the preset's slice thickness (anatomy.sample_slab: the heart tapers and
 # the slice is tilted across the 6-10 mm, so real borders are spread over a band). Tried in the thirteenth session:
