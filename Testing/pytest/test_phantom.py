@@ -347,6 +347,41 @@ def test_training_label_margin_changes_labels_only(monkeypatch):
     assert all((lab1[lost] == c).any() for c in (0, 1, 3))   # outside, cavity side, and RV across the septum
 
 
+def test_training_frame_jitter_moves_frames_and_not_labels(monkeypatch):
+    """TRAIN_FRAME_JITTER_MM adds per-frame shifts to the training slice's motion (at most a few sd of the drawn
+    amplitude), leaves the labels of the slice where they were, and with 0 draws nothing (the slices of before)."""
+    from PerfusionSegLib.phantom import generator as G
+
+    seen = []
+    real = G._slice_images
+
+    def spy(anat, grid, acq, circ, mbf, t_fine, blood, times, rng, motion, *args, **kwargs):
+        seen.append(motion)
+        return real(anat, grid, acq, circ, mbf, t_fine, blood, times, rng, motion, *args, **kwargs)
+
+    monkeypatch.setattr(G, "_slice_images", spy)
+    monkeypatch.setattr(G, "TRAIN_FRAME_JITTER_MM", 0.0)
+    x0, lab0 = generate_training_slice(np.random.default_rng(8), "siemens-flash-3t", level="mid")
+    x0b, _ = generate_training_slice(np.random.default_rng(8), "siemens-flash-3t", level="mid")
+    np.testing.assert_array_equal(x0, x0b)
+    monkeypatch.setattr(G, "TRAIN_FRAME_JITTER_MM", 3.0)
+    steps = []
+    for seed in range(6):
+        generate_training_slice(np.random.default_rng(seed), "siemens-flash-3t", level="mid")
+        m = seen[-1]
+        steps.append(np.hypot(np.diff(m["dy_mm"]), np.diff(m["dx_mm"])))
+    steps0 = np.hypot(np.diff(seen[0]["dy_mm"]), np.diff(seen[0]["dx_mm"]))
+    per_slice = [np.median(s) for s in steps]
+    # sd drawn uniformly in [0, 3] mm per axis: most slices move far more from frame to frame than without jitter
+    assert np.median(per_slice) > 3 * max(np.median(steps0), 0.1)
+    assert max(per_slice) < 3 * 3.0 * 1.5
+    # the labels stay static truth: the same seed with and without jitter draws the same anatomy
+    monkeypatch.setattr(G, "TRAIN_FRAME_JITTER_MM", 1.6)
+    x1, lab1 = generate_training_slice(np.random.default_rng(8), "siemens-flash-3t", level="mid")
+    np.testing.assert_array_equal(lab0, lab1)
+    assert not np.array_equal(x0, x1)
+
+
 def test_slab_sub_slices_are_symmetric_about_the_central_cross_section():
     from PerfusionSegLib.phantom.anatomy import sample_slab
 

@@ -1,4 +1,4 @@
-"""The realism script's endocardial edge width must read the known width of a blurred border."""
+"""The realism script's border and motion statistics must read known widths and shifts."""
 import importlib.util
 from pathlib import Path
 
@@ -36,3 +36,13 @@ def test_edge_width_of_a_blurred_step(sigma):
 def test_edge_width_is_nan_without_a_border():
     frame, pool = _heart(2.0)
     assert np.isnan(_script().edge_width(np.ones_like(frame), pool, spacing=0.5))
+
+
+def test_frame_motion_reads_a_known_shift():
+    frame, pool = _heart(1.0)
+    shifts = [0, 2, 0, 2, 0, 2, 0, 2]                       # pixels along x, from frame to frame
+    data = np.stack([np.roll(frame, s, axis=1) for s in shifts])
+    data[0] *= 1.2                                          # the LV peak is the first frame
+    assert _script().frame_motion(data, pool, spacing=0.5) == pytest.approx(1.0, abs=0.05)   # 2 px of 0.5 mm
+    still = np.stack([frame] * 8)
+    assert _script().frame_motion(still, pool, spacing=0.5) == pytest.approx(0.0, abs=1e-9)

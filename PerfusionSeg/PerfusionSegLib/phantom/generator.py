@@ -522,6 +522,11 @@ TRAIN_MYO_MARGIN_ACQ_PX = 0.0
 # seed (mean 0.593 < 0.594; docs/phantom.md), so it is off. False: one cross-section and no draw, the slices of before.
 # Not combined with the margin above (render raises).
 TRAIN_THROUGH_PLANE = False
+# per-frame in-plane jitter (mm, sd per axis, drawn per slice from 0 to this) added to the training slices' motion:
+# the LV pool of ml_perfusion's series (not motion corrected) moves 2.1 mm [1.6, 2.7] from frame to frame, the
+# training slices' 0.4-0.9 mm, about 0.85 with noise added to ml's SNR (docs/phantom.md, sixteenth session).
+# 0: no draw, the slices of before.
+TRAIN_FRAME_JITTER_MM = 0.0
 
 
 def generate_training_slice(rng: np.random.Generator, preset: str = "randomised", n_frames: int = 30,
@@ -605,6 +610,10 @@ def generate_training_slice(rng: np.random.Generator, preset: str = "randomised"
     shift = rng.uniform(-60, 60, 2)
     coils["coils"] = [[c[0] - shift[1], c[1] - shift[0], c[2], c[3]] for c in coils["coils"]]
     motion = S.sample_motion(rng, n_frames, times - times[0], 0.5 * float(acq["motion_mm"]))
+    if TRAIN_FRAME_JITTER_MM > 0:
+        sd = float(rng.uniform(0.0, TRAIN_FRAME_JITTER_MM))
+        for axis in ("dy_mm", "dx_mm"):
+            motion[axis] = (np.asarray(motion[axis], dtype=float) + rng.normal(0.0, sd, n_frames)).tolist()
     slab = A.sample_slab(rng, level, float(acq["slice_mm"])) if TRAIN_THROUGH_PLANE else None
     r = _slice_images(anat, grid, acq, circ, mbf, t_fine, blood, times, rng, motion, coils, jitter,
                       supersample=2, want_pd=False, units="signal", truth=False,
