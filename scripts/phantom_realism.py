@@ -65,11 +65,17 @@ def texture_energy(frame: np.ndarray, heart: np.ndarray, spacing: float) -> floa
     return float(log[sel].mean() / max(img[sel].mean(), 1e-9))
 
 
+def _lv_centre_radius(lv: np.ndarray) -> tuple:
+    """(centre y, centre x, equivalent radius), in pixels, of the LV mask."""
+    cy, cx = ndimage.center_of_mass(lv)
+    return cy, cx, float(np.sqrt(lv.sum() / np.pi))
+
+
 def edge_width(frame: np.ndarray, lv: np.ndarray, spacing: float, n_rays: int = 36, step_mm: float = 0.25) -> float:
     """Endocardial 80 %-20 % edge width in mm (module docstring); NaN with fewer than 8 usable rays."""
     img = np.asarray(frame, dtype=np.float64)
-    cy, cx = ndimage.center_of_mass(lv)
-    radius = np.sqrt(lv.sum() / np.pi) * spacing
+    cy, cx, radius_px = _lv_centre_radius(lv)
+    radius = radius_px * spacing
     r = np.arange(0.0, radius + 15.0, step_mm)
     widths = []
     for a in np.linspace(0.0, 2 * np.pi, n_rays, endpoint=False):
@@ -93,18 +99,16 @@ def edge_width(frame: np.ndarray, lv: np.ndarray, spacing: float, n_rays: int = 
     return float(np.median(widths)) if len(widths) >= 8 else float("nan")
 
 
-def frame_motion(data: np.ndarray, lv: np.ndarray, spacing: float) -> float:
-    """Median frame-to-frame displacement (mm) of the bright LV pool from the LV peak on (module docstring); NaN
-    with fewer than 4 measurable steps."""
-    t_peak = int(np.argmax(data[:, lv].mean(1)))
-    cy, cx = ndimage.center_of_mass(lv)
-    radius = np.sqrt(lv.sum() / np.pi)
+def frame_motion(frames: np.ndarray, lv: np.ndarray, spacing: float) -> float:
+    """Median frame-to-frame displacement (mm) of the bright LV pool over ``frames``, the series from its LV peak on
+    (module docstring); NaN with fewer than 4 measurable steps."""
+    cy, cx, radius = _lv_centre_radius(lv)
     yy, xx = np.mgrid[0:lv.shape[0], 0:lv.shape[1]]
     r = np.hypot(yy - cy, xx - cx)
     centre = (int(round(cy)), int(round(cx)))
     centroids = []
-    for t in range(t_peak, data.shape[0]):
-        f = ndimage.gaussian_filter(np.asarray(data[t], dtype=np.float64), 0.5)
+    for frame in frames:
+        f = ndimage.gaussian_filter(np.asarray(frame, dtype=np.float64), 0.5)
         pool = np.median(f[r <= 0.5 * radius])
         wall = np.percentile(f[(r > 1.1 * radius) & (r < 1.6 * radius)], 30)
         regions, _ = ndimage.label((f > 0.5 * (pool + wall)) & (r <= 2.0 * radius))
@@ -128,7 +132,7 @@ def series_stats(data, lv, myo, rv, spacing) -> dict:
     sd = noise_sd(data, lv)
     out["snr_lv_peak"] = float(lv_c[s_lv["peak"]] / sd)
     out["edge_width_mm"] = edge_width(data[s_lv["peak"]], lv, spacing)
-    out["frame_motion_mm"] = frame_motion(data, lv, spacing)
+    out["frame_motion_mm"] = frame_motion(data[s_lv["peak"]:], lv, spacing)
     heart = lv.copy()
     if myo is not None and myo.sum() >= 5:
         m_c = data[:, myo].mean(1)
