@@ -331,8 +331,6 @@ def main(argv=None) -> int:
     ap.add_argument("--log", default=None, help="JSON lines of per-series records (appended; reused on rerun)")
     ap.add_argument("--skip-agreement", action="store_true")
     ap.add_argument("--skip-timing", action="store_true")
-    ap.add_argument("--compiled", action="store_true",
-                    help="timing: also the pool through torch.compile (networks.compiled_inference), fp32 and bf16")
     ap.add_argument("--summary-only", action="store_true", help="summarise the agreement log, compute nothing")
     ap.add_argument("--recheck-real", action="store_true",
                     help="run the real select_members(fast=True), fp32 and bf16, with the current schedule on every "
@@ -442,21 +440,9 @@ def main(argv=None) -> int:
             label = f"fast, baseline pool {base.name} (UNet2D {widths})"
             pools[label] = [(m.name, m.network.eval()) for m in base.members]
             runs.insert(2, (label, True, None))
-        compiled_label = "fast, torch.compile (networks.compiled_inference; after its first study)"
-        if args.compiled:
-            for bf16 in (True, False):
-                # the first study of a process pays the compilation: timed apart, then the steady state below
-                t = time.perf_counter()
-                select_members(pools["fast"], list(study_x), fast=True, bf16=bf16, compiled=True)
-                print(f"| fast, torch.compile, first study in the process (compilation included) | "
-                      f"{'bf16' if bf16 else 'fp32'} | {time.perf_counter() - t:.1f} | | | | |", flush=True)
-                runs.insert(1, (compiled_label, bf16, None))
-            pools[compiled_label] = pool_t
         walls = {}
         for label, bf16, schedule in runs:
             kw = {} if schedule is None else {"schedule": schedule}
-            if label == compiled_label:
-                kw["compiled"] = True
             t, c = time.perf_counter(), time.process_time()
             r = select_members(pools[label], list(study_x), fast=True, bf16=bf16, adapt_bn=label == adapt_label, **kw)
             wall, cpu = time.perf_counter() - t, time.process_time() - c
@@ -470,17 +456,9 @@ def main(argv=None) -> int:
               f"{walls[(race_label, True)] / walls[('fast', True)]:.2f}")
         print(f"bf16 fast, BatchNorm adapted / not adapted (same process): "
               f"{walls[(adapt_label, True)] / walls[('fast', True)]:.2f}")
-        base_label = next((label for label, _, _ in runs if label.startswith("fast, baseline pool")), None)
-        if base_label:
+        if args.baseline_pool:
             print(f"bf16 fast, this pool / baseline pool {args.baseline_pool} (same process, same study): "
-                  f"{walls[('fast', True)] / walls[(base_label, True)]:.2f}")
-            if args.compiled:
-                print(f"bf16 fast, this pool compiled / baseline pool (eager bf16 copy; same process): "
-                      f"{walls[(compiled_label, True)] / walls[(base_label, True)]:.2f}")
-        if args.compiled:
-            print(f"this pool, compiled / eager (same process): bf16 "
-                  f"{walls[(compiled_label, True)] / walls[('fast', True)]:.2f}, fp32 "
-                  f"{walls[(compiled_label, False)] / walls[('fast', False)]:.2f}")
+                  f"{walls[('fast', True)] / walls[(runs[2][0], True)]:.2f}")
         n_exhaustive = 3 * len(pool_t) * 1089
         print()
         print(f"## Per-patch forward cost (64x64, 30 frames, batch 64, best of 3; load average {load()})")

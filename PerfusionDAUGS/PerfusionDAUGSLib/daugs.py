@@ -147,7 +147,7 @@ def run_daugs(series, pool=None, *, umap_stride: int = UMAP_STRIDE, seg_stride: 
               device: str = "auto", bf16: bool = False, keep_member_labels: bool = False, center_yx=None,
               schedule=None, batch_size: int = 64, margin=UMAP_MARGIN,
               uncertainty_threshold: Union[float, str, None] = POOL_THRESHOLD, input_overrides: Optional[dict] = None,
-              postprocess: bool = True, adapt_bn: bool = False, compiled: bool = False):
+              postprocess: bool = True, adapt_bn: bool = False):
     """DAUGS segmentation of a SliceSeries (-> DAUGSResult) or of a Study / list of series (-> list, slices batched).
 
     ``pool``: a ModelPool, a pool folder or name (default: the shipped ``daugs_pool``), or a list of (name, model).
@@ -165,8 +165,6 @@ def run_daugs(series, pool=None, *, umap_stride: int = UMAP_STRIDE, seg_stride: 
     ``network_labels`` stay raw.
     ``adapt_bn``: each member's BatchNorm statistics are re-estimated on each slice's own segmentation windows before
     it segments that slice (test-time adaptation, ``networks.bn_adaptation``; no labels, nothing learnt).
-    ``compiled``: the members run through one ``torch.compile``'d forward (``networks.compiled_inference``;
-    opt-in: for InstanceNorm pools, at a one-off compile cost per process).
     """
     from PerfusionSegLib.series import SliceSeries, Study
 
@@ -208,8 +206,7 @@ def run_daugs(series, pool=None, *, umap_stride: int = UMAP_STRIDE, seg_stride: 
                                 seg_stride=int(seg_stride), fast=fast,
                                 schedule=DEFAULT_SCHEDULE if schedule is None else schedule,
                                 rank_stride=int(seg_stride) if keep_member_labels else RANK_STRIDE,
-                                batch_size=batch_size, bf16=bf16, margin=margin, patch=patch, adapt_bn=adapt_bn,
-                                compiled=compiled)
+                                batch_size=batch_size, bf16=bf16, margin=margin, patch=patch, adapt_bn=adapt_bn)
     results = [_to_result(s, geo, sel, pool_obj, keep_member_labels, uncertainty_threshold, postprocess, adapt_bn)
                for s, (_, geo), sel in zip(seq, prepared, selections)]
     return results[0] if single else results

@@ -113,16 +113,12 @@ class _Predictor:
     call) where the member's layers allow it, else autocast itself. Both copies are made once per member and reused
     by later studies (``cached_copy``)."""
 
-    def __init__(self, member, bf16: bool = False, compiled: bool = False):
+    def __init__(self, member, bf16: bool = False):
         original = _network_of(member)
         self.device = _device_of(original)
         self.bf16 = bool(bf16)
         # conv nets run faster channels-last on CPU (oneDNN; the registry loads them so); keep what the net uses
         self.channels_last = uses_channels_last(original)
-        if compiled:   # opt-in: one torch.compile'd forward shared by the pool (networks.compiled_inference)
-            self.network = cached_copy(original, "compiled_bf16" if self.bf16 else "compiled_fp32")
-            self.bf16_input = self.bf16
-            return
         copy16 = cached_copy(original, "bf16") if self.bf16 else None
         self.bf16_input = copy16 is not None
         self.network = copy16 if self.bf16_input else original.eval() if self.bf16 else cached_copy(original, "fp32")
@@ -190,15 +186,13 @@ class PoolEvaluator:
 
     def __init__(self, pool_or_members, images: Sequence[np.ndarray], *, seg_stride: int = SEG_STRIDE,
                  patch: int = PATCH_SIZE, margin=UMAP_MARGIN, batch_size: int = 64, bf16: bool = False,
-                 myocardium_channel: int = MYOCARDIUM_LABEL, adapt_bn: bool = False, compiled: bool = False):
+                 myocardium_channel: int = MYOCARDIUM_LABEL, adapt_bn: bool = False):
         self.names, members, self.established = members_of(pool_or_members)
         if not self.names:
             raise InvalidParameterError("the model pool is empty")
         if len(set(self.names)) != len(self.names):
             raise InvalidParameterError("pool member names must be unique")
-        if compiled and adapt_bn:
-            raise InvalidParameterError("compiled inference and BatchNorm adaptation do not combine")
-        self.predictors = [_Predictor(m, bf16=bf16, compiled=compiled) for m in members]
+        self.predictors = [_Predictor(m, bf16=bf16) for m in members]
         self.images = [self._as_image(im) for im in images]
         if not self.images:
             raise InvalidParameterError("no images to evaluate")
@@ -361,7 +355,7 @@ def select_members(pool_or_members, images: Sequence[np.ndarray], *, umap_stride
                    rank_stride: Optional[int] = RANK_STRIDE, race_margin: float = RACE_MARGIN,
                    patch: int = PATCH_SIZE, margin=UMAP_MARGIN, batch_size: int = 64, bf16: bool = False,
                    established: Optional[str] = None, myocardium_channel: int = MYOCARDIUM_LABEL,
-                   adapt_bn: bool = False, compiled: bool = False) -> List[SelectionResult]:
+                   adapt_bn: bool = False) -> List[SelectionResult]:
     """Choose a member per image (DAUGS: lowest U_pp at ``umap_stride``) and report the established one.
 
     ``fast=False``: exhaustive (every member at ``umap_stride``). ``fast=True``: staged search (module docstring):
@@ -370,13 +364,11 @@ def select_members(pool_or_members, images: Sequence[np.ndarray], *, umap_stride
     ``schedule``; stages finer than ``umap_stride`` are dropped, and when none is at ``umap_stride`` a last stage
     there keeps the best member. The chosen and the established member always get the full segmentation
     (``seg_stride``). ``adapt_bn``: every member's BatchNorm statistics are re-estimated on each image before it
-    segments it (:class:`PoolEvaluator`). ``compiled``: every member runs through one ``torch.compile``'d forward
-    (``networks.compiled_inference``; opt-in, for InstanceNorm pools). Returns one :class:`SelectionResult` per image.
+    segments it (:class:`PoolEvaluator`). Returns one :class:`SelectionResult` per image.
     """
     t0 = time.perf_counter()
     ev = PoolEvaluator(pool_or_members, images, seg_stride=seg_stride, patch=patch, margin=margin,
-                       batch_size=batch_size, bf16=bf16, myocardium_channel=myocardium_channel, adapt_bn=adapt_bn,
-                       compiled=compiled)
+                       batch_size=batch_size, bf16=bf16, myocardium_channel=myocardium_channel, adapt_bn=adapt_bn)
     est = established or (ev.established if ev.established in ev.names else None)   # a partly loaded pool
     if est is not None and est not in ev.names:
         raise InvalidParameterError(f"established member {est!r} is not in the pool")

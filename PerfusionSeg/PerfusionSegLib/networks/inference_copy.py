@@ -104,17 +104,8 @@ def inference_copy(network: nn.Module) -> nn.Module:
     return net
 
 
-def _compiled(dtype):
-    def make(network: nn.Module):
-        from .compiled_inference import CompiledNetwork   # imports this module: import it late
-
-        return CompiledNetwork(network, dtype)
-    return make
-
-
 _COPIES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
-_MAKERS = {"bf16": bf16_copy, "fp32": inference_copy,
-           "compiled_bf16": _compiled(torch.bfloat16), "compiled_fp32": _compiled(torch.float32)}
+_MAKERS = {"bf16": bf16_copy, "fp32": inference_copy}
 
 
 def _state_key(network: nn.Module) -> tuple:
@@ -124,9 +115,8 @@ def _state_key(network: nn.Module) -> tuple:
 
 
 def cached_copy(network: nn.Module, kind: str):
-    """``bf16_copy`` (kind "bf16"), ``inference_copy`` ("fp32") or a ``compiled_inference.CompiledNetwork``
-    ("compiled_bf16", "compiled_fp32") of ``network``, made once and reused while the network's state is
-    unchanged. The copy shares nothing with the network, so callers must not modify it."""
+    """``bf16_copy`` (kind "bf16") or ``inference_copy`` ("fp32") of ``network``, made once and reused while the
+    network's state is unchanged. The copy shares nothing with the network, so callers must not modify it."""
     if kind not in _MAKERS:
         raise ValueError(f"kind must be one of {sorted(_MAKERS)}, got {kind!r}")
     key = _state_key(network)
