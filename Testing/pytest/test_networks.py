@@ -1,6 +1,7 @@
 """Networks, loss and model registry: shapes, parameter counts, safe loading, integrity checks."""
 from __future__ import annotations
 
+import copy
 import io
 import json
 import os
@@ -297,6 +298,89 @@ def test_bf16_copy_declines_layers_it_does_not_know():
     assert bf16_copy(net) is None
     assert bf16_copy(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())) is not None
     assert bf16_copy(build_network("unet2d", config="tiny")) is None     # bilinear up-sampling: autocast decides
+
+
+def _instance_norm_unet(seed: int = 4):
+    """A default_in UNet2D with non-trivial InstanceNorm affines (a fresh one is (1, 0), which hides bugs)."""
+    torch.manual_seed(seed)
+    net = build_network("unet2d", config="default_in")
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, torch.nn.InstanceNorm2d):
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.3)
+    return net.eval().to(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_channels_last_instance_norm_is_instance_norm(channels_last):
+    from PerfusionSegLib.networks.fast_instance_norm import ChannelsLastInstanceNorm
+    norm = torch.nn.InstanceNorm2d(8, affine=True)
+    norm.weight.data.uniform_(0.5, 1.5)
+    norm.bias.data.uniform_(-1, 1)
+    fast = ChannelsLastInstanceNorm(norm)
+    x = torch.randn(5, 8, 16, 12) * 3 + torch.linspace(-4, 4, 8).view(1, 8, 1, 1)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        ref, out = norm(x), fast(x)
+    assert torch.allclose(out, ref, atol=1e-4, rtol=1e-4)
+    if channels_last:                                        # the layout survives: no copies downstream
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="affine"):
+        ChannelsLastInstanceNorm(torch.nn.InstanceNorm2d(8))                    # no affine: not replaced
+
+
+def test_centring_leaves_an_instance_norm_unet_unchanged_and_centres_its_norm_inputs():
+    from PerfusionSegLib.networks.fast_instance_norm import centre_unet2d
+    net = _instance_norm_unet()
+    centred = copy.deepcopy(net)
+    with torch.no_grad():
+        assert centre_unet2d(centred) == 14                  # 7 DoubleConv blocks x 2 conv -> IN pairs
+
+    def norm_input_offsets(model, x):
+        """Per IN input: |channel mean| / channel std, averaged over samples and channels."""
+        out = []
+        hooks = [m.register_forward_hook(lambda m, i, o: out.append(
+            (i[0].mean((2, 3)).abs() / i[0].std((2, 3)).clamp_min(1e-6)).mean().item()))
+            for m in model.modules() if isinstance(m, torch.nn.InstanceNorm2d)]
+        with torch.inference_mode():
+            y = model(x)
+        for h in hooks:
+            h.remove()
+        return y, np.array(out)
+
+    x = (torch.rand(4, 30, 64, 64) * 0.4).contiguous(memory_format=torch.channels_last)
+    ref, before = norm_input_offsets(net, x)
+    out, after = norm_input_offsets(centred, x)
+    assert torch.allclose(out, ref, atol=1e-3, rtol=1e-3)   # InstanceNorm ignores a per-channel constant
+    assert np.median(after) < 0.5 * np.median(before)
+
+
+def test_copies_of_an_instance_norm_unet_are_fast_and_close_to_fp32():
+    from PerfusionSegLib.networks.fast_instance_norm import ChannelsLastInstanceNorm
+    from PerfusionSegLib.networks.inference_copy import bf16_copy, inference_copy
+    net = _instance_norm_unet()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    fp32, bf16 = inference_copy(net), bf16_copy(net)
+    assert bf16 is not None and fp32.replaced_instance_norms == 14
+    for copy_ in (fp32, bf16):
+        assert not any(isinstance(m, torch.nn.InstanceNorm2d) for m in copy_.modules())
+        assert sum(isinstance(m, ChannelsLastInstanceNorm) for m in copy_.modules()) == 14
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())     # the original is untouched
+    assert any(isinstance(m, torch.nn.InstanceNorm2d) for m in net.modules())
+    x = torch.rand(8, 30, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        ref = net(x).softmax(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto = net(x).float().softmax(1)
+        out32 = fp32(x).softmax(1)
+        out16 = bf16(x.to(torch.bfloat16)).float().softmax(1)
+    assert torch.allclose(out32, ref, atol=1e-4)
+    # bf16 is not autocast's arithmetic: hold it to autocast's own distance from fp32
+    err16, err_auto = (out16 - ref).abs().mean().item(), (auto - ref).abs().mean().item()
+    assert err16 < 3 * err_auto
+    assert (out16.argmax(1) == ref.argmax(1)).float().mean() > 0.99
 
 
 def test_cached_copies_are_reused_until_the_network_changes():

@@ -15,6 +15,11 @@ and weights to bf16 on every call and runs BatchNorm on the bf16 output with fp3
 without re-casting the weights on every call: 0.80x and 0.90x the time per patch in two noisy 2-core runs
 (docs/daugs.md).
 
+InstanceNorm UNet2D members (``default_in``): both copies replace each InstanceNorm by ``ChannelsLastInstanceNorm``
+(``fast_instance_norm``: the same function without the layout copies that made such a member cost about 2x a
+BatchNorm one). Their bf16 copy is therefore not autocast's arithmetic; it also centres each conv -> InstanceNorm
+pair (exact in exact arithmetic) so that bf16 statistics stay accurate. Tested against fp32, not bit for bit.
+
 ``cached_copy`` keeps one copy of each kind per network for as long as the network lives, and makes a new one when the
 network's weights or buffers changed: a DAUGS study otherwise deep-copies all 50 members again for every search (6 %
 of a profiled study's time).
@@ -27,6 +32,9 @@ import weakref
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from .fast_instance_norm import centre_unet2d, is_replaceable, replace_instance_norms
+from .unet import UNet2D
 
 
 def _fold_sequential(seq: nn.Sequential) -> int:
@@ -73,16 +81,29 @@ _BF16_SAME = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.ReLU, nn.LeakyR
               nn.MaxPool3d, nn.Identity, nn.Dropout, nn.Dropout2d)
 
 
+def _bf16_leaf_known(module: nn.Module, network: nn.Module) -> bool:
+    if isinstance(module, _BF16_CONVS + _BF16_SAME):
+        return True
+    # InstanceNorm: replaced by the channels-last version, centred by walking the UNet2D's known layout
+    return is_replaceable(module) and isinstance(network, UNet2D)
+
+
 def bf16_copy(network: nn.Module) -> nn.Module | None:
     """An eval-mode deep copy with convolution weights and biases in bf16 and everything else as it was, to be fed
     bf16 input: the same numbers as running ``network`` under bf16 autocast, without casting the weights on every
     call. ``None`` when the network holds a leaf module outside the known set (its autocast behaviour is not known
     here); the caller then uses autocast. Layers called functionally in ``forward`` (``torch.cat``, pooling) behave
-    alike either way for the networks of this package (tests compare them bit for bit)."""
+    alike either way for the networks of this package (tests compare them bit for bit). An InstanceNorm UNet2D gets
+    centred convolutions and ``ChannelsLastInstanceNorm`` (statistics and affine map in fp32), close to fp32 but not
+    autocast's numbers (module docstring)."""
     leaves = [m for m in network.modules() if not list(m.children())]
-    if not leaves or not all(isinstance(m, _BF16_CONVS + _BF16_SAME) for m in leaves):
+    if not leaves or not all(_bf16_leaf_known(m, network) for m in leaves):
         return None
     net = copy.deepcopy(network).eval()
+    if any(is_replaceable(m) for m in leaves):
+        with torch.no_grad():
+            centre_unet2d(net)
+        replace_instance_norms(net)
     for m in net.modules():
         if isinstance(m, _BF16_CONVS):
             m.to(torch.bfloat16)
@@ -90,17 +111,19 @@ def bf16_copy(network: nn.Module) -> nn.Module | None:
 
 
 def inference_copy(network: nn.Module) -> nn.Module:
-    """An eval-mode deep copy with Conv2d -> BatchNorm2d pairs folded (within each ``nn.Sequential``), in the
-    original's memory format (channels-last stays channels-last). Attribute ``folded_batch_norms`` counts the
-    folded pairs."""
+    """An eval-mode deep copy with Conv2d -> BatchNorm2d pairs folded (within each ``nn.Sequential``) and affine
+    InstanceNorms replaced by ``ChannelsLastInstanceNorm``, in the original's memory format (channels-last stays
+    channels-last). Attributes ``folded_batch_norms`` and ``replaced_instance_norms`` count them."""
     net = copy.deepcopy(network).eval()
     n = 0
     with torch.no_grad():
         for module in list(net.modules()):
             if isinstance(module, nn.Sequential):
                 n += _fold_sequential(module)
+    replaced = replace_instance_norms(net)
     net = _frozen(net, uses_channels_last(network))
     net.folded_batch_norms = n
+    net.replaced_instance_norms = replaced
     return net
 
 
