@@ -347,6 +347,23 @@ def test_training_label_margin_changes_labels_only(monkeypatch):
     assert all((lab1[lost] == c).any() for c in (0, 1, 3))   # outside, cavity side, and RV across the septum
 
 
+def test_study_truth_with_the_training_margin_changes_nothing_else(study):
+    """generate_study(truth_myo_margin_acq_px=...) adds margin labels (to score margin-trained pools against what they
+    were taught) and leaves images, labels and every random draw as they were."""
+    from PerfusionSegLib.phantom.generator import TRAIN_MYO_MARGIN_ACQ_PX
+    assert all(t.margin_labels is None for t in study.truth)
+    ps = generate_study("siemens-flash-3t", seed=3, condition="stress", truth_myo_margin_acq_px=TRAIN_MYO_MARGIN_ACQ_PX,
+                        **SMALL)
+    for s0, s1, t0, t1 in zip(study.study.slices, ps.study.slices, study.truth, ps.truth):
+        np.testing.assert_array_equal(s0.data, s1.data)
+        np.testing.assert_array_equal(t0.labels, t1.labels)
+        myo0, myo1 = t0.labels == 2, t1.margin_labels == 2
+        assert myo1.any() and not (myo1 & ~myo0).any() and (myo0 & ~myo1).any()
+        np.testing.assert_array_equal(t1.margin_labels[~myo0], t0.labels[~myo0])     # only myocardium pixels change
+    with pytest.raises(InvalidParameterError, match="margin"):
+        generate_study("siemens-flash-3t", seed=3, truth_myo_margin_acq_px=-1.0, **SMALL)
+
+
 def test_training_frame_jitter_moves_frames_and_not_labels(monkeypatch):
     """TRAIN_FRAME_JITTER_MM adds per-frame shifts to the training slice's motion (at most a few sd of the drawn
     amplitude), leaves the labels of the slice where they were, and with 0 draws nothing (the slices of before)."""

@@ -41,6 +41,9 @@ class SliceTruth:
     insertion_points_yx: {"anterior": (y, x), "inferior": (y, x)} pixel coordinates. tissue_curves: name -> (T,)
     float32 Gd (mmol/L) at the series frame times ('aha_<n>' are the myocardial curves of each segment, and
     'aha_<n>_defect' where a defect lowers part of it). gd: float32 (T, Y, X) tissue Gd without motion or noise.
+    margin_labels: the labels with the training convention's partial-volume margin taken off the myocardium, when
+    ``generate_study(truth_myo_margin_acq_px=...)`` asked for it (to score a pool trained with that margin against
+    the truth it was taught); None otherwise.
     """
 
     labels: np.ndarray
@@ -51,6 +54,7 @@ class SliceTruth:
     gd: np.ndarray
     level: str = ""
     myo_depth: Optional[np.ndarray] = None
+    margin_labels: Optional[np.ndarray] = None
 
 
 @dataclass
@@ -220,8 +224,9 @@ def _slice_images(anat: dict, grid: A.Grid, acq: dict, circ: dict, mbf: dict, t_
                   times: np.ndarray, rng_noise: np.random.Generator, motion: dict, coils: dict, jitter: Optional[dict],
                   *, supersample: int, want_pd: bool, units: str, noise: bool = True, truth: bool = True,
                   myo_margin_mm: float = 0.0, slab: Optional[dict] = None) -> dict:
-    """Render one slice: data (T, Y, X) float32 in ``units``, PD frames, truth pieces. ``myo_margin_mm`` (training
-    slices, ``truth=False``): the returned labels have that partial-volume margin taken off the myocardium.
+    """Render one slice: data (T, Y, X) float32 in ``units``, PD frames, truth pieces. ``myo_margin_mm``: the labels
+    of training slices (``truth=False``) have that partial-volume margin taken off the myocardium; with truth, the
+    margin labels come as ``maps.margin_labels`` beside the anatomical ones.
     ``slab``: render through-plane partial volume (``anatomy.sample_slab``)."""
     level = anat["heart"]["level"]
     maps = A.render(anat, grid, supersample=supersample, myo_margin_mm=myo_margin_mm, slab=slab)
@@ -347,8 +352,12 @@ def _sample_timing(rng: np.random.Generator, condition: str) -> dict:
 
 
 def generate_study(preset: str = P.DEFAULT_PRESET, seed: int = 0, condition: str = "stress", n_slices: int = 3,
-                   units: str = "signal", **overrides) -> PhantomStudy:
+                   units: str = "signal", *, truth_myo_margin_acq_px: float = 0.0, **overrides) -> PhantomStudy:
     """A synthetic perfusion study (slices basal to apical) with its AIF and exact truth; see module docstring.
+
+    truth_myo_margin_acq_px > 0 adds ``SliceTruth.margin_labels``: the labels with that many acquired pixels of
+    partial-volume margin taken off the myocardium, as the training slices' labels have
+    (``TRAIN_MYO_MARGIN_ACQ_PX``). Nothing else changes: the images, the labels and every random draw are the same.
 
     overrides: any of the names in ``_NUMERIC_OVERRIDES`` / ``_CHOICE_OVERRIDES`` (e.g. heart_rate_bpm=60,
     global_mbf=3.0, defect={"territory": "LAD", "factor": 0.4, "transmural": True}, noise=False, snr_blood_peak=50,
@@ -358,6 +367,9 @@ def generate_study(preset: str = P.DEFAULT_PRESET, seed: int = 0, condition: str
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InvalidParameterError(f"seed must be a non-negative integer, got {seed!r}")
     _check_overrides(overrides)
+    margin_px = float(truth_myo_margin_acq_px)
+    if not np.isfinite(margin_px) or margin_px < 0:
+        raise InvalidParameterError(f"truth_myo_margin_acq_px must be >= 0, got {truth_myo_margin_acq_px!r}")
     ov = dict(overrides)
     rng_anat, rng_phys = _rng(seed, 1), _rng(seed, 2, condition)
     rng_acq, rng_noise = _rng(seed, 3, condition), _rng(seed, 4, condition)
@@ -433,7 +445,8 @@ def generate_study(preset: str = P.DEFAULT_PRESET, seed: int = 0, condition: str
         times = t_beats + (i + 1) * slice_dt
         motion = S.sample_motion(rng_phys, len(times), times, float(acq["motion_mm"]))
         r = _slice_images(anat, grid, acq, circ, mbf, t_fine, blood, times, rng_noise, motion, coils, jitter,
-                          supersample=2, want_pd=True, units=units, noise=noise)
+                          supersample=2, want_pd=True, units=units, noise=noise,
+                          myo_margin_mm=margin_px * float(acq["pixel_mm"]))
         # voxel-to-patient (LPS) matrix of the slice's pose (rotated, columns reversed when mirrored); basal slice
         # at z = 0, apical ones further along -z (inferior)
         affine = A.pose_affine(anat, grid, thickness, z_mm=-i * gap)
@@ -443,7 +456,8 @@ def generate_study(preset: str = P.DEFAULT_PRESET, seed: int = 0, condition: str
                                                            "dicom": dicom_header(acq, thickness)})
         slices.append(series)
         truths.append(SliceTruth(labels=r["labels"], aha_segments=r["aha"], mbf=r["mbf"], insertion_points_yx=r["ips"],
-                                 tissue_curves=r["curves"], gd=r["gd"], level=lv, myo_depth=r["depth"]))
+                                 tissue_curves=r["curves"], gd=r["gd"], level=lv, myo_depth=r["depth"],
+                                 margin_labels=r["maps"].margin_labels))
         slice_params.append({"level": lv, "anatomy": anat, "motion": motion, "frame_times_s": times.tolist()})
 
     aif_curve = np.interp(t_beats, t_fine, blood["lv_blood"])
