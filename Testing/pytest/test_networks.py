@@ -383,6 +383,14 @@ def test_copies_of_an_instance_norm_unet_are_fast_and_close_to_fp32():
     assert (out16.argmax(1) == ref.argmax(1)).float().mean() > 0.99
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_instance_norm_copies_on_a_gpu_keep_torch_instance_norm():
+    from PerfusionSegLib.networks.inference_copy import bf16_copy, inference_copy
+    net = _instance_norm_unet().cuda()
+    assert bf16_copy(net) is None                                                  # autocast, as before
+    assert inference_copy(net).replaced_instance_norms == 0
+
+
 def test_cached_copies_are_reused_until_the_network_changes():
     from PerfusionSegLib.networks.inference_copy import cached_copy
 

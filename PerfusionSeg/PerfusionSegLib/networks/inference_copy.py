@@ -15,9 +15,9 @@ and weights to bf16 on every call and runs BatchNorm on the bf16 output with fp3
 without re-casting the weights on every call: 0.80x and 0.90x the time per patch in two noisy 2-core runs
 (docs/daugs.md).
 
-InstanceNorm UNet2D members (``default_in``): both copies replace each InstanceNorm by ``ChannelsLastInstanceNorm``
-(``fast_instance_norm``: the same function without the layout copies that made such a member cost about 2x a
-BatchNorm one). Their bf16 copy is therefore not autocast's arithmetic; it also centres each conv -> InstanceNorm
+InstanceNorm UNet2D members (``default_in``) on a CPU: both copies replace each InstanceNorm by
+``ChannelsLastInstanceNorm`` (``fast_instance_norm``: the same function without the layout copies that made such a
+member cost about 2x a BatchNorm one on a CPU; on a GPU torch's InstanceNorm and autocast stay). Their bf16 copy is therefore not autocast's arithmetic; it also centres each conv -> InstanceNorm
 pair (exact in exact arithmetic) so that bf16 statistics stay accurate. Tested against fp32, not bit for bit.
 
 ``cached_copy`` keeps one copy of each kind per network for as long as the network lives, and makes a new one when the
@@ -84,8 +84,13 @@ _BF16_SAME = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.ReLU, nn.LeakyR
 def _bf16_leaf_known(module: nn.Module, network: nn.Module) -> bool:
     if isinstance(module, _BF16_CONVS + _BF16_SAME):
         return True
-    # InstanceNorm: replaced by the channels-last version, centred by walking the UNet2D's known layout
-    return is_replaceable(module) and isinstance(network, UNet2D)
+    # InstanceNorm: replaced by the channels-last version (a CPU fix; GPUs keep autocast), centred by walking the
+    # UNet2D's known layout
+    return is_replaceable(module) and isinstance(network, UNet2D) and _on_cpu(network)
+
+
+def _on_cpu(network: nn.Module) -> bool:
+    return all(p.device.type == "cpu" for p in network.parameters())
 
 
 def bf16_copy(network: nn.Module) -> nn.Module | None:
@@ -120,7 +125,7 @@ def inference_copy(network: nn.Module) -> nn.Module:
         for module in list(net.modules()):
             if isinstance(module, nn.Sequential):
                 n += _fold_sequential(module)
-    replaced = replace_instance_norms(net)
+    replaced = replace_instance_norms(net) if _on_cpu(net) else 0
     net = _frozen(net, uses_channels_last(network))
     net.folded_batch_norms = n
     net.replaced_instance_norms = replaced
