@@ -17,8 +17,9 @@ without re-casting the weights on every call: 0.80x and 0.90x the time per patch
 
 InstanceNorm UNet2D members (``default_in``) on a CPU: both copies replace each InstanceNorm by
 ``ChannelsLastInstanceNorm`` (``fast_instance_norm``: the same function without the layout copies that made such a
-member cost about 2x a BatchNorm one on a CPU; on a GPU torch's InstanceNorm and autocast stay). Their bf16 copy is therefore not autocast's arithmetic; it also centres each conv -> InstanceNorm
-pair (exact in exact arithmetic) so that bf16 statistics stay accurate. Tested against fp32, not bit for bit.
+member cost about 2x a BatchNorm one on a CPU; on a GPU torch's InstanceNorm and autocast stay). Their bf16 copy is
+therefore not autocast's arithmetic; it also centres each conv -> InstanceNorm pair (exact in exact arithmetic) so
+that bf16 statistics stay accurate. Tested against fp32, not bit for bit.
 
 ``cached_copy`` keeps one copy of each kind per network for as long as the network lives, and makes a new one when the
 network's weights or buffers changed: a DAUGS study otherwise deep-copies all 50 members again for every search (6 %
