@@ -84,10 +84,10 @@ def main(argv=None) -> int:
         ap.error("--calibrate needs --pool")
 
     rows, saved = [], {}
+    margin_px = TRAIN_MYO_MARGIN_ACQ_PX if args.margin_truth else 0.0
     for preset in presets:
         for k in range(args.studies):
             seed, condition = args.seed_base + k, ("stress", "rest")[k % 2]
-            margin_px = TRAIN_MYO_MARGIN_ACQ_PX if args.margin_truth else 0.0
             ps = generate_study(preset=preset, seed=seed, condition=condition, truth_myo_margin_acq_px=margin_px)
             slices = list(ps.study.slices)
             t0 = time.time()
@@ -99,29 +99,28 @@ def main(argv=None) -> int:
             t_daugs = time.time() - t0
             for i, (s, truth) in enumerate(zip(slices, ps.truth)):
                 row = {"preset": preset, "seed": seed, "condition": condition, "level": s.level or str(i)}
+                preds = {}          # result name -> labels, scored against each truth below
                 if daugs is not None:
                     r = daugs[i]
-                    row.update(daugs=dice_per_class(r.labels, truth.labels), chosen=r.chosen, upp=r.upp_chosen,
-                               established=r.established, flags=list(r.flags or []),
-                               daugs_raw=dice_per_class(r.raw_labels(), truth.labels))
+                    raw = r.raw_labels()            # resampled to the input grid on each call: once per slice
+                    preds.update(daugs=r.labels, daugs_raw=raw)
                     if r.established_labels is not None:
-                        row["established_dice"] = dice_per_class(r.established_labels, truth.labels)
-                    saved[f"{preset}/{seed}/{row['level']}"] = {"labels": r.labels, "raw_labels": r.raw_labels(),
+                        preds["established_dice"] = r.established_labels
+                    row.update(chosen=r.chosen, upp=r.upp_chosen, established=r.established,
+                               flags=list(r.flags or []))
+                    saved[f"{preset}/{seed}/{row['level']}"] = {"labels": r.labels, "raw_labels": raw,
                                                                 "reference": truth.labels,
                                                                 "spacing": np.asarray(s.spacing, float)}
                     row["daugs_seconds_per_slice"] = round(t_daugs / len(slices), 2)
                 if model is not None:
                     from PerfusionSegLib.inference import segment_series
-                    seg = segment_series(s, model, bf16=args.bf16, adapt_bn=args.adapt_bn)
-                    row["resunet"] = dice_per_class(seg.labels, truth.labels)
-                if args.margin_truth and truth.margin_labels is not None:
-                    pred = {"daugs": daugs[i].labels if daugs is not None else None,
-                            "daugs_raw": daugs[i].raw_labels() if daugs is not None else None,
-                            "established_dice": daugs[i].established_labels if daugs is not None else None,
-                            "resunet": seg.labels if model is not None else None}
-                    for key, labels in pred.items():
-                        if labels is not None:
-                            row[f"{key}_margin"] = dice_per_class(labels, truth.margin_labels)
+                    preds["resunet"] = segment_series(s, model, bf16=args.bf16, adapt_bn=args.adapt_bn).labels
+                references = {"": truth.labels}
+                if truth.margin_labels is not None:
+                    references["_margin"] = truth.margin_labels
+                for suffix, reference in references.items():
+                    for name, labels in preds.items():
+                        row[name + suffix] = dice_per_class(labels, reference)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
 

@@ -82,14 +82,6 @@ _BF16_SAME = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.ReLU, nn.LeakyR
               nn.MaxPool3d, nn.Identity, nn.Dropout, nn.Dropout2d)
 
 
-def _bf16_leaf_known(module: nn.Module, network: nn.Module) -> bool:
-    if isinstance(module, _BF16_CONVS + _BF16_SAME):
-        return True
-    # InstanceNorm: replaced by the channels-last version (a CPU fix; GPUs keep autocast), centred by walking the
-    # UNet2D's known layout
-    return is_replaceable(module) and isinstance(network, UNet2D) and _on_cpu(network)
-
-
 def _on_cpu(network: nn.Module) -> bool:
     return all(p.device.type == "cpu" for p in network.parameters())
 
@@ -103,7 +95,11 @@ def bf16_copy(network: nn.Module) -> nn.Module | None:
     centred convolutions and ``ChannelsLastInstanceNorm`` (statistics and affine map in fp32), close to fp32 but not
     autocast's numbers (module docstring)."""
     leaves = [m for m in network.modules() if not list(m.children())]
-    if not leaves or not all(_bf16_leaf_known(m, network) for m in leaves):
+    # InstanceNorm: replaced by the channels-last version (a CPU fix; GPUs keep autocast), centred by walking the
+    # UNet2D's known layout
+    instance_norm_ok = isinstance(network, UNet2D) and _on_cpu(network)
+    if not leaves or not all(isinstance(m, _BF16_CONVS + _BF16_SAME) or (instance_norm_ok and is_replaceable(m))
+                             for m in leaves):
         return None
     net = copy.deepcopy(network).eval()
     if any(is_replaceable(m) for m in leaves):
