@@ -234,6 +234,59 @@ def record_series(pool, image, truth, established) -> dict:
     return rec
 
 
+def score_schedule(records, schedule) -> tuple:
+    """(same member as exhaustive, series scored, mean stride-2 U_pp regret, (record, choice) pairs, mean patch
+    forwards) of ``schedule`` replayed on ``records`` (records without its stages are left out)."""
+    agree, regrets, picks, fw = 0, [], [], []
+    for r in records:
+        chosen, forwards = simulate_fast(r, schedule)
+        if chosen is None:          # a record without this schedule's stages
+            continue
+        agree += chosen == r["exhaustive"]
+        u2 = r["upp"]["2"]
+        regrets.append((u2[chosen] - u2[r["exhaustive"]]) / u2[r["exhaustive"]] if u2[r["exhaustive"]] > 0 else 0)
+        picks.append((r, chosen))
+        fw.append(forwards)
+    return agree, len(picks), float(np.mean(regrets)) if regrets else float("nan"), picks, \
+        float(np.mean(fw)) if fw else float("nan")
+
+
+def sub_record(rec: dict, names) -> dict:
+    """``rec`` as if the pool held only ``names``: every member's U_pp is its own, so the exhaustive choice of the
+    sub-pool is the best of these members at stride 2, and the fast search is replayed among them."""
+    keep = [n for n in rec["names"] if n in set(names)]
+    out = dict(rec, names=keep,
+               upp={k: {n: v[n] for n in keep} for k, v in rec["upp"].items()},
+               utot={k: {n: v[n] for n in keep} for k, v in rec["utot"].items()})
+    if "dice" in rec:
+        out["dice"] = {n: rec["dice"][n] for n in keep}
+    order = {n: i for i, n in enumerate(keep)}
+    out["exhaustive"] = rank(out["upp"]["2"], out["utot"]["2"], keep, order)[0]
+    return out
+
+
+def summarise_epoch_gaps(records, trained, gaps) -> None:
+    """Agreement of the current default schedule in sub-pools that keep only members at least G epochs apart within
+    a run (the rule `pool.build_pool_from_runs(min_epoch_gap=G)` applies to a run's checkpoints)."""
+    from PerfusionDAUGSLib.pool import spaced_by_epoch
+    from PerfusionDAUGSLib.selection import DEFAULT_SCHEDULE, RANK_STRIDE
+
+    entries = [{"name": m.name, "run": m.run, "epoch": m.epoch, "val_dice": m.val_dice} for m in trained.members]
+    print(f"\n## Sub-pools of {trained.name} by epoch gap (current default schedule, replayed; exhaustive = best "
+          f"member of the sub-pool at stride 2)")
+    print("| epoch gap G | members | same member as exhaustive | mean U_pp regret | mean myocardium Dice of the "
+          "choice | patch forwards/series |")
+    print("|---|---|---|---|---|---|")
+    for gap in gaps:
+        names = [e["name"] for e in spaced_by_epoch(entries, gap)]
+        subs = [sub_record(r, names) for r in records]
+        agree, m, regret, picks, fw = score_schedule(subs, (RANK_STRIDE, DEFAULT_SCHEDULE))
+        dice = [r["dice"][c] for r, c in picks if "dice" in r]
+        print(f"| {gap} | {len(names)} | {agree}/{m} ({100 * agree / max(m, 1):.0f}%) | {100 * regret:.2f}% | "
+              f"{np.mean(dice):.3f} | {fw:.0f} |" if dice else
+              f"| {gap} | {len(names)} | {agree}/{m} | {100 * regret:.2f}% | n/a | {fw:.0f} |")
+
+
 def summarise(records, established, vd, args) -> None:
     n = len(records)
     print()
@@ -253,21 +306,10 @@ def summarise(records, established, vd, args) -> None:
     print(f"| exhaustive (stride 2, all members) | {n}/{n} | 0 | {ex_d} | {records[0]['forwards_exhaustive']} |")
     from PerfusionDAUGSLib.selection import DEFAULT_SCHEDULE, RANK_STRIDE
     for label, sched in SCHEDULES.items():
-        sched = sched or (RANK_STRIDE, DEFAULT_SCHEDULE)
-        agree, regrets, picks, fw, m = 0, [], [], [], 0
-        for r in records:
-            chosen, forwards = simulate_fast(r, sched)
-            if chosen is None:          # a record without this schedule's stages
-                continue
-            m += 1
-            agree += chosen == r["exhaustive"]
-            u2 = r["upp"]["2"]
-            regrets.append((u2[chosen] - u2[r["exhaustive"]]) / u2[r["exhaustive"]] if u2[r["exhaustive"]] > 0 else 0)
-            picks.append((r, chosen))
-            fw.append(forwards)
+        agree, m, regret, picks, fw = score_schedule(records, sched or (RANK_STRIDE, DEFAULT_SCHEDULE))
         if m:
-            print(f"| fast {label} | {agree}/{m} ({100 * agree / m:.0f}%) | {100 * np.mean(regrets):.2f}% | "
-                  f"{mean_dice(picks)} | {np.mean(fw):.0f} |")
+            print(f"| fast {label} | {agree}/{m} ({100 * agree / m:.0f}%) | {100 * regret:.2f}% | "
+                  f"{mean_dice(picks)} | {fw:.0f} |")
     print(f"| established | | | {mean_dice((r, established) for r in records)} | |")
     best = [(r, max(r["dice"], key=r["dice"].get)) for r in records if "dice" in r]
     print(f"| best member per series (oracle, by Dice) | | | {mean_dice(best)} | |")
@@ -341,11 +383,17 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                     help="with --pool: where the pool runs (cuda: record the exhaustive agreement logs on a GPU; the "
                          "timing rows are meant for the CPU)")
+    ap.add_argument("--member-gaps", default="",
+                    help="with --pool: comma-separated epoch gaps G; also replay the sub-pools that keep only members "
+                         "at least G epochs apart within a run (e.g. 1,2,3)")
     ap.add_argument("--pool", help="a trained pool folder (e.g. Resources/Models/daugs_pool) instead of the "
                                    "checkpoint x perturbation pools: its members, its established member")
     args = ap.parse_args(argv)
     if args.quick:
         args.members, args.n_series, args.steps, args.n_real_checks = 10, 3, 60, 1
+    gaps = [int(g) for g in args.member_gaps.split(",") if g.strip()]
+    if gaps and not args.pool:
+        ap.error("--member-gaps needs --pool (members with their runs and epochs)")
     import json
 
     cache = Path(args.cache)
@@ -362,6 +410,8 @@ def main(argv=None) -> int:
         records = [r for r in records if "32" in r["upp"]]      # records made before the stride-32 stage
         print(f"machine: {machine_description()}")
         summarise(records, records[0]["established"], None, args)
+        if gaps:
+            summarise_epoch_gaps(records, trained, gaps)
         return 0
     checkpoints = sorted({max(1, args.steps * k // 5) for k in (1, 2, 3, 4, 5)})
     print(f"machine: {machine_description()}", flush=True)
@@ -406,6 +456,8 @@ def main(argv=None) -> int:
             print(f"  series {i}: exhaustive {rec['exhaustive']} ({rec['seconds_exhaustive']:.0f} s) "
                   f"load {load()}", file=sys.stderr, flush=True)
         summarise(records, established, vd, args)
+        if gaps:
+            summarise_epoch_gaps(records, trained, gaps)
         if args.recheck_real:
             recheck_real(pool, test_x, [r for r in records if r["series"] >= args.recheck_from], established)
 

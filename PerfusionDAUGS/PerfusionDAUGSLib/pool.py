@@ -322,6 +322,25 @@ def find_checkpoints(run_dirs: Sequence[Union[str, os.PathLike]]) -> List[dict]:
     return found
 
 
+def spaced_by_epoch(candidates: Sequence[dict], min_epoch_gap: int) -> List[dict]:
+    """The candidates (dicts with "run", "epoch", "val_dice") that pool building keeps at ``min_epoch_gap``, best
+    validation Dice first: within a run, one joins only if it lies at least ``min_epoch_gap`` epochs from every one
+    of that run already kept (greedy). Candidates without an epoch are kept. Used by `build_pool_from_runs` and by
+    the benchmark's replay of sub-pools of a built pool."""
+    gap = int(min_epoch_gap)
+    if gap < 1:
+        raise InvalidParameterError(f"min_epoch_gap must be >= 1, got {min_epoch_gap}")
+    ranked = sorted(candidates, key=lambda c: -(c["val_dice"] if c["val_dice"] is not None else -1.0))
+    if gap == 1:
+        return ranked       # every checkpoint, even two cards of one epoch
+    kept: List[dict] = []
+    for c in ranked:
+        if c["epoch"] is None or all(k["run"] != c["run"] or k["epoch"] is None or abs(c["epoch"] - k["epoch"]) >= gap
+                                     for k in kept):
+            kept.append(c)
+    return kept
+
+
 def build_pool_from_runs(run_dirs: Sequence[Union[str, os.PathLike]], out_dir: Union[str, os.PathLike], *,
                          dice_threshold: float = 0.87, max_members: int = 50, min_epoch_gap: int = 1,
                          name: Optional[str] = None, half: bool = False, device: str = "cpu",
@@ -351,18 +370,10 @@ def build_pool_from_runs(run_dirs: Sequence[Union[str, os.PathLike]], out_dir: U
         best = max((c["val_dice"] for c in ckpts if c["val_dice"] is not None), default=None)
         raise InvalidParameterError(f"no checkpoint reaches validation Dice {dice_threshold} "
                                     f"(best: {best if best is not None else 'none recorded'})")
-    by_run: dict = {}
-    for c in sorted(passing, key=lambda c: -c["val_dice"]):
-        by_run.setdefault(c["run"], []).append(c)
     gap = int(min_epoch_gap)
-    if gap > 1:   # thin each run greedily, best Dice first (checkpoints without an epoch are kept)
-        for run, cands in by_run.items():
-            kept = []
-            for c in cands:
-                if c["epoch"] is None or all(k["epoch"] is None or abs(c["epoch"] - k["epoch"]) >= gap
-                                             for k in kept):
-                    kept.append(c)
-            by_run[run] = kept
+    by_run: dict = {}
+    for c in spaced_by_epoch(passing, gap):
+        by_run.setdefault(c["run"], []).append(c)
     chosen = []
     while len(chosen) < int(max_members) and any(by_run.values()):
         for run in sorted(by_run):

@@ -454,6 +454,22 @@ def test_build_pool_from_runs_applies_threshold_and_cap(tmp_path):
         build_pool_from_runs(runs[:1], tmp_path / "pool3", dice_threshold=0.95)
 
 
+def test_spaced_by_epoch_applies_the_gap_within_each_run_best_dice_first():
+    from PerfusionDAUGSLib.pool import spaced_by_epoch
+
+    c = lambda run, ep, d: {"run": run, "epoch": ep, "val_dice": d}    # noqa: E731
+    cands = [c("A", 10, 0.90), c("A", 11, 0.95), c("A", 12, 0.91), c("A", 14, 0.89),
+             c("B", 11, 0.94), c("B", 12, 0.93), c("B", None, 0.80)]
+    kept = spaced_by_epoch(cands, 2)
+    # A: 11 first; 10 and 12 lie 1 epoch from it; 14 is 3 away. B: 11, then 12 is too close; no epoch: kept.
+    assert [(k["run"], k["epoch"]) for k in kept] == [("A", 11), ("B", 11), ("A", 14), ("B", None)]
+    assert len(spaced_by_epoch(cands, 1)) == len(cands)                  # gap 1: every candidate, best first
+    assert [k["val_dice"] for k in spaced_by_epoch(cands, 1)] == sorted((x["val_dice"] for x in cands), reverse=True)
+    assert [(k["run"], k["epoch"]) for k in spaced_by_epoch(cands, 4)] == [("A", 11), ("B", 11), ("B", None)]
+    with pytest.raises(InvalidParameterError):
+        spaced_by_epoch(cands, 0)
+
+
 def test_build_pool_from_runs_spaces_members_of_a_run_by_epoch(tmp_path):
     from PerfusionDAUGSLib.pool import build_pool_from_runs, load_pool, read_index
     from PerfusionSegLib.networks.registry import save_model
