@@ -443,12 +443,12 @@ def test_build_pool_from_runs_applies_threshold_and_cap(tmp_path):
             save_model(_tiny_unet(ep), {"metrics": {"val_dice": d}, "training": {"epoch": ep}},
                        tmp_path / run / "checkpoints", f"e{ep:03d}")
     runs = [tmp_path / "runA" / "checkpoints", tmp_path / "runB" / "checkpoints"]
-    folder = build_pool_from_runs(runs, tmp_path / "pool", dice_threshold=0.87)
+    folder = build_pool_from_runs(runs, tmp_path / "pool", dice_threshold=0.87, min_epoch_gap=1)
     pool = load_pool(folder, device="cpu")
     assert sorted(pool.names) == ["runA_ep002", "runA_ep003", "runB_ep002", "runB_ep003"]
     assert pool.established == "runB_ep002"
-    capped = load_pool(build_pool_from_runs(runs, tmp_path / "pool2",
-                                            dice_threshold=0.87, max_members=2), device="cpu")
+    capped = load_pool(build_pool_from_runs(runs, tmp_path / "pool2", dice_threshold=0.87, max_members=2,
+                                            min_epoch_gap=1), device="cpu")
     assert sorted(capped.names) == ["runA_ep003", "runB_ep002"]      # best of each run
     with pytest.raises(InvalidParameterError):
         build_pool_from_runs(runs[:1], tmp_path / "pool3", dice_threshold=0.95)
@@ -479,8 +479,12 @@ def test_build_pool_from_runs_spaces_members_of_a_run_by_epoch(tmp_path):
         save_model(_tiny_unet(ep), {"metrics": {"val_dice": d}, "training": {"epoch": ep}},
                    tmp_path / "runA" / "checkpoints", f"e{ep:03d}")
     runs = [tmp_path / "runA" / "checkpoints"]
-    every = load_pool(build_pool_from_runs(runs, tmp_path / "all", dice_threshold=0.87), device="cpu")
+    every = load_pool(build_pool_from_runs(runs, tmp_path / "all", dice_threshold=0.87, min_epoch_gap=1),
+                      device="cpu")
     assert len(every.names) == 7
+    default = read_index(build_pool_from_runs(runs, tmp_path / "default", dice_threshold=0.87))
+    # the default gap, 2: greedy in Dice order 2, 3, 4, 7, 6, 5, 1 keeps 2, 4, 7 (5 and 6 lie next to 4 and 7)
+    assert default["min_epoch_gap"] == 2 and [m["epoch"] for m in default["members"]] == [2, 4, 7]
     folder = build_pool_from_runs(runs, tmp_path / "spaced", dice_threshold=0.87, min_epoch_gap=3)
     spaced = load_pool(folder, device="cpu")
     # greedy in Dice order 2, 3, 4, 7, 6, 5, 1: keep 2; 3 and 4 are within 3 epochs of it; keep 7; 6 and 5 are

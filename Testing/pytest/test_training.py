@@ -88,7 +88,7 @@ def test_tiny_daugs_run_resumes_and_exports_a_pool(tmp_path):
     assert len(history) == 1 and "2" in history[0]["val_dice"]
     # resuming with more epochs continues from epoch 1 instead of starting again
     out = train_family(recipe.replace(epochs=2), ["phantom:siemens-flash-3t"], tmp_path, runs=1, dice_threshold=0.0,
-                       progress=False, log=lambda m: None)
+                       min_epoch_gap=1, progress=False, log=lambda m: None)
     history = json.loads((tmp_path / "runs" / "run00" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
     pool = load_pool(tmp_path / "pool", device="cpu")
@@ -96,9 +96,9 @@ def test_tiny_daugs_run_resumes_and_exports_a_pool(tmp_path):
     training = json.loads((tmp_path / "pool" / "pool.json").read_text())["training"]   # the pool's model card
     assert training["seeds"] == [0] and training["data"]["phantom_presets"] == ["siemens-flash-3t"]
     assert pool.input_spec()["n_frames"] == 30
-    # members of one run at least 2 epochs apart: of epochs 1 and 2 only the better one stays
+    # by default members of one run lie at least 2 epochs apart: of epochs 1 and 2 only the better one stays
     out = train_family(recipe.replace(epochs=2), ["phantom:siemens-flash-3t"], tmp_path, runs=1, dice_threshold=0.0,
-                       min_epoch_gap=2, progress=False, log=lambda m: None)
+                       progress=False, log=lambda m: None)
     assert out["n_members"] == 1
     assert json.loads((tmp_path / "pool" / "pool.json").read_text())["min_epoch_gap"] == 2
 
@@ -202,9 +202,17 @@ def test_train_cli_passes_the_member_epoch_gap(monkeypatch, tmp_path):
         seen.update(kw, config=recipe.config)
         return {"summary": "ok"}
 
+    real_train_family = pipeline.train_family
     monkeypatch.setattr(pipeline, "train_family", fake_train_family)
     assert main(["train", "--family", "daugs", "--config", "lite", "--out", str(tmp_path),
                  "--member-epoch-gap", "4"]) == 0
     assert seen["min_epoch_gap"] == 4 and seen["config"] == "lite" and seen["parallel_runs"] == 1
     assert main(["train", "--family", "daugs", "--out", str(tmp_path), "--parallel-runs", "3"]) == 0
     assert seen["parallel_runs"] == 3
+    # the default, members of a run at least 2 epochs apart, is the pool builder's in every entry point
+    import inspect
+
+    from PerfusionDAUGSLib.pool import DEFAULT_MIN_EPOCH_GAP, build_pool_from_runs
+    assert seen["min_epoch_gap"] == DEFAULT_MIN_EPOCH_GAP == 2
+    assert inspect.signature(real_train_family).parameters["min_epoch_gap"].default == DEFAULT_MIN_EPOCH_GAP
+    assert inspect.signature(build_pool_from_runs).parameters["min_epoch_gap"].default == DEFAULT_MIN_EPOCH_GAP

@@ -29,8 +29,9 @@ def register(subparsers) -> None:
     p.add_argument("--dice-threshold", type=float, default=0.87,
                    help="DAUGS: a checkpoint joins the pool when its validation myocardium Dice reaches this")
     p.add_argument("--max-members", type=int, default=50)
-    p.add_argument("--member-epoch-gap", type=int, default=1,
-                   help="DAUGS: members of one run lie at least this many epochs apart (1: any checkpoint)")
+    p.add_argument("--member-epoch-gap", type=int, default=2,
+                   help="DAUGS: members of one run lie at least this many epochs apart (default 2: near-copy "
+                        "neighbours make the fast search miss the exhaustive choice; 1: any checkpoint)")
     p.add_argument("--max-minutes", type=float, help="training budget of each run in minutes, counted over interrupted and resumed invocations")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--parallel-runs", type=int, default=1, metavar="N",

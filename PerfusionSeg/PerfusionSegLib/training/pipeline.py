@@ -36,7 +36,7 @@ def build_sources(recipe: Recipe, data: Sequence[str], seed: int):
 
 def train_family(recipe: Recipe, data: Sequence[str], out_dir, *, runs: Optional[int] = None, seed: int = 0,
                  device: str = "auto", resume: bool = True, max_minutes: Optional[float] = None,
-                 dice_threshold: float = 0.87, max_members: int = 50, min_epoch_gap: int = 1, half: bool = False,
+                 dice_threshold: float = 0.87, max_members: int = 50, min_epoch_gap: int = 2, half: bool = False,
                  parallel_runs: int = 1, progress: bool = True,
                  log: Callable[[str], None] = print) -> dict:
     """Train ``runs`` runs (run ``r`` seeded ``seed + 1000 r``) and export the model or pool.
