@@ -109,7 +109,7 @@ def test_parallel_runs_train_the_same_runs_as_the_sequential_loop(tmp_path):
 
     recipe = DAUGS2024.replace(config="tiny", epochs=2, steps_per_epoch=2, batch_size=8, bank_size=2, val_slices=1)
     logs = []
-    kw = dict(runs=2, dice_threshold=0.0, progress=False)
+    kw = dict(runs=2, dice_threshold=0.0, min_epoch_gap=1, progress=False)
     sequential = train_family(recipe, ["phantom:siemens-flash-3t"], tmp_path / "seq", log=lambda m: None, **kw)
     parallel = train_family(recipe, ["phantom:siemens-flash-3t"], tmp_path / "par", parallel_runs=2,
                             log=logs.append, **kw)
