@@ -282,9 +282,9 @@ def summarise_epoch_gaps(records, trained, gaps) -> None:
         subs = [sub_record(r, names) for r in records]
         agree, m, regret, picks, fw = score_schedule(subs, (RANK_STRIDE, DEFAULT_SCHEDULE))
         dice = [r["dice"][c] for r, c in picks if "dice" in r]
+        dice_text = f"{np.mean(dice):.3f}" if dice else "n/a"
         print(f"| {gap} | {len(names)} | {agree}/{m} ({100 * agree / max(m, 1):.0f}%) | {100 * regret:.2f}% | "
-              f"{np.mean(dice):.3f} | {fw:.0f} |" if dice else
-              f"| {gap} | {len(names)} | {agree}/{m} | {100 * regret:.2f}% | n/a | {fw:.0f} |")
+              f"{dice_text} | {fw:.0f} |")
 
 
 def summarise(records, established, vd, args) -> None:

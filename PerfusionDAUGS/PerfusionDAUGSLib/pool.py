@@ -322,10 +322,10 @@ def find_checkpoints(run_dirs: Sequence[Union[str, os.PathLike]]) -> List[dict]:
     return found
 
 
-# Members of one run at least 2 epochs apart by default. Consecutive late checkpoints are near copies; their near-tied
-# U_pp made the fast search miss the exhaustive choice (shipped pool, built at gap 1: 53/66 held-out series). A pool
-# trained and built at gap 2 agreed on 20/20 held-out series with fewer patch forwards (docs/daugs.md, nineteenth
-# session).
+# Members of one run at least 2 epochs apart by default. Consecutive late checkpoints are near copies; they crowd the
+# fast search's coarse bands and push the exhaustive choice out. On 20 fresh phantom series the shipped pool (built at
+# gap 1) agreed on 15, its members thinned to gap 2 on 19, and a pool trained and built at gap 2 on 20, with fewer
+# patch forwards (docs/daugs.md, nineteenth session).
 DEFAULT_MIN_EPOCH_GAP = 2
 
 
@@ -350,16 +350,16 @@ def spaced_by_epoch(candidates: Sequence[dict], min_epoch_gap: int) -> List[dict
 
 def build_pool_from_runs(run_dirs: Sequence[Union[str, os.PathLike]], out_dir: Union[str, os.PathLike], *,
                          dice_threshold: float = 0.87, max_members: int = 50,
-                         min_epoch_gap: int = DEFAULT_MIN_EPOCH_GAP, name: Optional[str] = None, half: bool = False, device: str = "cpu",
-                         extra: Optional[dict] = None) -> Path:
+                         min_epoch_gap: int = DEFAULT_MIN_EPOCH_GAP, name: Optional[str] = None, half: bool = False,
+                         device: str = "cpu", extra: Optional[dict] = None) -> Path:
     """Pool of the checkpoints (runs x epochs) whose validation myocardium Dice >= ``dice_threshold``.
 
     Above ``max_members``, the best by Dice are kept, spread over the runs (round robin over runs, each run's
     checkpoints in descending Dice), so one run cannot fill the pool. ``min_epoch_gap``: within a run, a checkpoint
     joins only if it lies at least this many epochs from every checkpoint of that run already chosen (greedy, best
     Dice first; `spaced_by_epoch`). Why: late checkpoints one epoch apart are near copies of each other; they add
-    little to the pool's diversity, and their near-tied U_pp make the fast search miss the exhaustive choice
-    (`DEFAULT_MIN_EPOCH_GAP`). The established member is
+    little to the pool's diversity, and they crowd the fast search's coarse bands so that it misses the exhaustive
+    choice (`DEFAULT_MIN_EPOCH_GAP`). The established member is
     the best Dice. Checkpoints are loaded through the registry (sha256 checked) and copied into ``out_dir``.
     ``extra``: more index entries (the pool's model card: training data, recipe, time and machine).
     """
