@@ -327,7 +327,8 @@ def test_channels_last_instance_norm_is_instance_norm(channels_last):
     assert torch.allclose(out, ref, atol=1e-4, rtol=1e-4)
     if channels_last:                                        # the layout survives: no copies downstream
         assert out.is_contiguous(memory_format=torch.channels_last)
-    with pytest.raises(ValueError, match="affine"):
+    from PerfusionSegLib.errors import InvalidParameterError
+    with pytest.raises(InvalidParameterError, match="affine"):
         ChannelsLastInstanceNorm(torch.nn.InstanceNorm2d(8))                    # no affine: not replaced
 
 

@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..errors import InvalidParameterError
 from .unet import UNet2D
 
 # a typical per-frame mean of a DAUGS input (a 128x128 crop scaled to [0, 1]); only sets the first convolution's
@@ -38,7 +39,7 @@ class ChannelsLastInstanceNorm(nn.Module):
     def __init__(self, norm: nn.InstanceNorm2d):
         super().__init__()
         if not is_replaceable(norm):
-            raise ValueError("only affine InstanceNorm2d without running statistics can be replaced")
+            raise InvalidParameterError("only affine InstanceNorm2d without running statistics can be replaced")
         self.register_buffer("weight", norm.weight.detach().float().clone())
         self.register_buffer("bias", norm.bias.detach().float().clone())
         self.eps = float(norm.eps)
