@@ -311,7 +311,21 @@ def test_segment_cli_daugs_writes_labels_umap_and_json(tmp_path, capsys):
     assert labels.shape[:2] == umap.shape[:2] == (44, 48)
     assert np.isfinite(np.asarray(umap.dataobj)).all()
     info = json.loads((tmp_path / "out" / "s_daugs.json").read_text())
-    assert info["chosen"] in ("m0", "m1") and set(info["u_pp"]) == {"m0", "m1"} and info["bn_adapted"] is False
+    assert set(info["u_pp"]) == {"m0", "m1"} and info["bn_adapted"] is False and info["search"] == "fast"
+    source = nib.load(str(tmp_path / "s.nii.gz"))              # the maps keep the input's geometry
+    np.testing.assert_allclose(labels.affine, source.affine, atol=1e-5)
+    np.testing.assert_allclose(umap.affine, source.affine, atol=1e-5)
+    # --exhaustive: every member at the U-map stride, and the choice is the lowest U_pp among them
+    rc = main(["segment", str(tmp_path / "s.nii.gz"), "--out", str(tmp_path / "out_ex"), "--method", "daugs",
+               "--pool", str(pool), "--umap-stride", "16", "--device", "cpu", "--exhaustive"])
+    assert rc == 0, capsys.readouterr().err
+    ex = json.loads((tmp_path / "out_ex" / "s_daugs.json").read_text())
+    assert ex["search"] == "exhaustive" and ex["u_pp_stride"] == {"m0": 16, "m1": 16}
+    finite = {k: v for k, v in ex["u_pp"].items() if v is not None}
+    assert finite and ex["chosen"] == min(finite, key=finite.get), ex["u_pp"]
+    rc = main(["segment", str(tmp_path / "s.nii.gz"), "--out", str(tmp_path / "out_ex2"), "--method", "resunet",
+               "--exhaustive"])
+    assert rc == 2 and "--exhaustive" in capsys.readouterr().err and not (tmp_path / "out_ex2").exists()
     rc = main(["segment", str(tmp_path / "s.nii.gz"), "--out", str(tmp_path / "out2"), "--method", "daugs",
                "--pool", str(pool), "--umap-stride", "16", "--device", "cpu", "--adapt-bn"])
     assert rc == 0, capsys.readouterr().err
