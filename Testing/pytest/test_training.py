@@ -158,6 +158,37 @@ def test_time_budget_counts_earlier_invocations_of_a_run(tmp_path):
     assert more.epochs_done == 4
 
 
+def test_a_run_that_stopped_early_trains_nothing_more_when_started_again(tmp_path):
+    """Early stopping is part of the run's state: started again (resume), it returns at once, stopped early."""
+    from PerfusionSegLib.training.data import PhantomSource
+    from PerfusionSegLib.training.trainer import _save_tensor_dict, train
+
+    recipe = DAUGS2024.replace(config="tiny", epochs=6, steps_per_epoch=1, batch_size=4, bank_size=1, val_slices=0,
+                               early_stop_patience=2)
+    source = PhantomSource(["siemens-flash-3t"], recipe)
+    first = train(recipe.replace(epochs=3), source, [], tmp_path, progress=False, log=lambda m: None)
+    assert first.epochs_done == 3
+    # as if epoch 1 had been the best and epochs 2-3 no better: the patience of 2 is spent
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    history = json.loads(state["history"])
+    for h, dice in zip(history, (0.9, 0.5, 0.5)):
+        h["val_dice"] = {"2": dice}
+    _save_tensor_dict(dict(state, history=json.dumps(history)), tmp_path / "state.pt")
+    draws = []
+
+    class Counting:
+        def draw(self, rng):
+            draws.append(1)
+            return source.draw(rng)
+
+    again = train(recipe, Counting(), [], tmp_path, progress=False, log=lambda m: None)
+    assert again.epochs_done == 3 and again.stopped_early and not draws
+    assert again.best_epoch == 1
+    # with more patience the same run goes on
+    more = train(recipe.replace(early_stop_patience=10), source, [], tmp_path, progress=False, log=lambda m: None)
+    assert more.epochs_done == 6 and not more.stopped_early
+
+
 class _ConstantLogits(torch.nn.Module):
     """Every pixel of every patch gets the same logits, whatever the input."""
 

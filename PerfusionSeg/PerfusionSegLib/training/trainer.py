@@ -190,6 +190,10 @@ def train(recipe: Recipe, source, val_set: List, run_dir, *, seed: int = 0, devi
         if out_of_time():
             log(f"time budget of {max_minutes} min reached after epoch {epoch}")
             break
+        if recipe.early_stop_patience and stale >= recipe.early_stop_patience:   # a run that stopped early, resumed
+            log(f"early stop: no validation Dice gain for {stale} epochs (before this invocation)")
+            stopped_early = True
+            break
         if bank is None:  # generated only when an epoch will run (a finished run, started again, returns at once)
             bar = tqdm(total=recipe.bank_size, desc="generating examples", disable=not progress, leave=False)
             bank = SliceBank(source, recipe.bank_size, rng, progress=bar)
