@@ -105,9 +105,12 @@ def _check_labels(labels, shape) -> np.ndarray:
 
 
 def export_labelled_case(series: SliceSeries, labels, dataset_dir, case_id: str, *, overwrite: bool = False,
-                         extra: Optional[dict] = None) -> Path:
+                         extra: Optional[dict] = None, patient_id: Optional[str] = None) -> Path:
     """Write one labelled case into ``dataset_dir/case_id`` (image, times, labels, case.json) and return that folder.
 
+    ``patient_id`` (case.json ``patient_id``) is what training splits by, so that no patient has slices on both
+    sides of the validation split; by default the case id up to its first ``_`` (``patient07_stress_mid`` ->
+    ``patient07``), written out so that it can be checked and corrected.
     Refuses to replace an existing case unless ``overwrite``; the inputs are not modified.
     """
     from .writers import write_labels, write_series  # writers pull in nibabel: import when used
@@ -115,6 +118,9 @@ def export_labelled_case(series: SliceSeries, labels, dataset_dir, case_id: str,
     if not isinstance(series, SliceSeries):
         raise InvalidParameterError("export_labelled_case needs a SliceSeries (data, times, spacing)")
     case_id = _check_case_id(case_id)
+    if patient_id is not None and (not isinstance(patient_id, str) or not patient_id.strip()):
+        raise InvalidParameterError(f"patient_id must be a non-empty string, got {patient_id!r}")
+    patient_id = patient_id.strip() if patient_id is not None else case_id.split("_")[0]
     labels = _check_labels(labels, series.shape)
     dataset_dir = Path(dataset_dir)
     target = dataset_dir / case_id
@@ -128,6 +134,7 @@ def export_labelled_case(series: SliceSeries, labels, dataset_dir, case_id: str,
         meta = {
             "format": FORMAT,
             "case_id": case_id,
+            "patient_id": patient_id,
             "spacing_mm": list(series.spacing),
             "frames": series.n_frames,
             "matrix_yx": list(series.shape),

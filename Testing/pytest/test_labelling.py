@@ -71,6 +71,7 @@ def test_export_and_read_back(tmp_path):
     assert meta["spacing_mm"] == [1.8, 1.7] and meta["level"] == "mid" and meta["condition"] == "stress"
     assert meta["label_pixels"]["2"] == int((labels == 2).sum())
     assert meta["peak_myocardial_frame"] == MYO_PEAK
+    assert meta["patient_id"] == "case-001"               # no "_": the whole case id
     np.testing.assert_array_equal(series.data, before)  # input untouched
 
     (case,) = read_labelled_dataset(tmp_path / "ds")
@@ -80,6 +81,20 @@ def test_export_and_read_back(tmp_path):
     np.testing.assert_allclose(case.series.times, series.times)
     assert case.series.spacing == pytest.approx((1.8, 1.7))
     assert case.series.level == "mid"
+
+
+def test_exported_patient_id_is_what_training_splits_by(tmp_path):
+    from PerfusionSegLib.training.data import _patient_of
+
+    series, labels = synthetic_slice()
+    export_labelled_case(series, labels, tmp_path, "patient07_stress_mid")
+    export_labelled_case(series, labels, tmp_path, "scan3", patient_id=" P-0042 ")
+    cases = {c.case_id: c for c in read_labelled_dataset(tmp_path)}
+    assert _patient_of(cases["patient07_stress_mid"]) == "patient07"
+    assert _patient_of(cases["scan3"]) == "P-0042"
+    with pytest.raises(InvalidParameterError, match="patient_id"):
+        export_labelled_case(series, labels, tmp_path, "scan4", patient_id=" ")
+    assert not (tmp_path / "scan4").exists()
 
 
 def test_export_refuses_overwrite_and_bad_input(tmp_path):
