@@ -27,7 +27,8 @@ def test_shipped_pool_loads_verified_and_carries_its_card():
     spec = pool.input_spec()
     assert (spec["n_frames"], spec["size"], spec["scale"]) == (30, 128, 2.0)
     training = index["training"]
-    assert training["data"]["phantom_presets"] and "real_data" in training["data"]
+    assert training["data"]["phantom_presets"] and "real_data" in training["data"] and training["data"]["licence"]
+    assert index["min_epoch_gap"] >= 1                    # how the members were spaced (the fast search cares)
     assert len(training["seconds_per_run"]) == len(training["seeds"]) and training["machine"]
     evaluation = index["evaluation"]
     assert {"phantom_test", "real_data"} <= set(evaluation)
@@ -44,6 +45,7 @@ def test_every_shipped_model_card_loads():
         assert model.card["input"] and model.card["training"] and model.card["metrics"], card.name
         training = model.card["training"]
         assert training["data"]["phantom_presets"] and "real_data" in training["data"] and training["machine"]
+        assert training["data"]["licence"], card.name
         assert {"phantom_test", "real_data"} <= set(model.card.get("evaluation", {})), card.name
 
 

@@ -95,12 +95,24 @@ def test_tiny_daugs_run_resumes_and_exports_a_pool(tmp_path):
     assert len(pool) == 2 and pool.established in pool.names
     training = json.loads((tmp_path / "pool" / "pool.json").read_text())["training"]   # the pool's model card
     assert training["seeds"] == [0] and training["data"]["phantom_presets"] == ["siemens-flash-3t"]
+    assert training["validation"] == "1 slices: phantom presets ['siemens-flash-3t'] from a separate seed stream"
+    assert "no third-party images" in training["data"]["licence"]
     assert pool.input_spec()["n_frames"] == 30
     # by default members of one run lie at least 2 epochs apart: of epochs 1 and 2 only the better one stays
     out = train_family(recipe.replace(epochs=2), ["phantom:siemens-flash-3t"], tmp_path, runs=1, dice_threshold=0.0,
                        progress=False, log=lambda m: None)
     assert out["n_members"] == 1
     assert json.loads((tmp_path / "pool" / "pool.json").read_text())["min_epoch_gap"] == 2
+
+
+def test_the_card_says_what_the_validation_slices_are():
+    from PerfusionSegLib.training.pipeline import _validation_text
+
+    assert "labelled" not in _validation_text({"presets": ["randomised", "ge-gre-3t"], "folders": []})
+    both = _validation_text({"presets": ["ge-gre-3t"], "folders": ["/data/cases"]})
+    assert both.startswith("phantom presets ['ge-gre-3t']") and "held-out patients" in both
+    only = _validation_text({"presets": [], "folders": ["/data/cases"]})
+    assert only.startswith("the held-out patients") and "siemens-flash-3t" in only
 
 
 def test_parallel_runs_train_the_same_runs_as_the_sequential_loop(tmp_path):
