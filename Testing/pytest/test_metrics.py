@@ -108,6 +108,38 @@ def test_angle_errors_are_circular():
     assert M.point_angle((11, 11), (10, 10), spacing=(2.0, 1.0)) == pytest.approx(math.degrees(math.atan(2)))
 
 
+def test_hd95_ignores_a_thin_spike_that_sets_the_hausdorff_distance():
+    ref = np.zeros((100, 100), bool)
+    ref[20:80, 20:80] = True
+    pred = ref.copy()
+    pred[50, 80:90] = True                        # a 10-pixel spike, 1 pixel wide, on the right edge
+    d = M.boundary_distances(pred, ref, spacing=(1.0, 1.0))
+    assert d["hd_mm"] == pytest.approx(10.0)      # the spike's tip, 10 px from the square's border
+    assert d["hd95_mm"] <= 1.0                    # its 10 border pixels are under 5 % of the ~245
+    wide = ref.copy()
+    wide[45:55, 80:90] = True                     # a 10 x 10 bump: too much border to be an outlier
+    assert M.hausdorff95(wide, ref) > 5.0
+    # anisotropic pixels scale the distance along x: 0.5 mm columns -> 5 mm
+    assert M.hausdorff(pred, ref, spacing=(1.0, 0.5)) == pytest.approx(5.0)
+
+
+def test_t_tests_match_their_formulas():
+    a = np.array([5.1, 4.9, 5.6, 5.8, 6.0, 5.2, 4.7])
+    b = np.array([4.2, 4.8, 4.1, 5.0, 3.9, 4.4, 4.6, 3.8, 4.0])
+    na, nb, va, vb = a.size, b.size, a.var(ddof=1), b.var(ddof=1)
+    pooled = ((na - 1) * va + (nb - 1) * vb) / (na + nb - 2)
+    t_student = (a.mean() - b.mean()) / math.sqrt(pooled * (1 / na + 1 / nb))
+    t_welch = (a.mean() - b.mean()) / math.sqrt(va / na + vb / nb)
+    df_welch = (va / na + vb / nb) ** 2 / ((va / na) ** 2 / (na - 1) + (vb / nb) ** 2 / (nb - 1))
+    student, welch = M.unpaired_ttest(a, b), M.unpaired_ttest(a, b, equal_var=False)
+    assert student["t"] == pytest.approx(t_student) and welch["t"] == pytest.approx(t_welch)
+    from scipy import stats
+    assert student["p"] == pytest.approx(2 * stats.t.sf(abs(t_student), na + nb - 2))
+    assert welch["p"] == pytest.approx(2 * stats.t.sf(abs(t_welch), df_welch))
+    d = a[:7] - b[:7]                               # paired: t = mean(d) / (sd(d) / sqrt(n))
+    assert M.paired_ttest(a[:7], b[:7])["t"] == pytest.approx(d.mean() / (d.std(ddof=1) / math.sqrt(7)))
+
+
 def test_bland_altman_and_tests():
     ba = M.bland_altman([3.0, 4.0, 5.0], [1.0, 2.0, 2.0])       # differences 2, 2, 3
     assert ba["bias"] == pytest.approx(7 / 3)
