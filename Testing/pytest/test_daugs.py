@@ -563,7 +563,10 @@ def test_run_daugs_end_to_end_with_a_saved_pool(tmp_path):
     series = SliceSeries(data=data, times=np.arange(T) * 0.9, spacing=(1.8, 1.8), source="synthetic")
     res = run_daugs(series, str(folder), device="cpu")
     assert res.labels.shape == shape and res.umap.shape == shape and np.isfinite(res.umap).all()
-    assert res.established == "m1" and res.chosen in ("m0", "m1") and res.established_labels.shape == shape
+    assert res.established == "m1" and res.established_labels.shape == shape
+    # these untrained members segment no myocardium (U_pp infinite): the established member is the fallback, flagged
+    assert not any(np.isfinite(v) for v in res.upp.values()), res.upp
+    assert res.chosen == "m1" and "no_member_segments_myocardium" in res.flags
     assert res.pool_name == "pool" and set(res.upp) == {"m0", "m1"}
     # a series already interpolated 2x (the DAUGS authors' crops) is prepared without a second interpolation
     same = run_daugs(series, str(folder), device="cpu", input_overrides={"scale": 1.0})
