@@ -259,3 +259,43 @@ def test_train_cli_passes_the_member_epoch_gap(monkeypatch, tmp_path):
     assert seen["min_epoch_gap"] == DEFAULT_MIN_EPOCH_GAP == 2
     assert inspect.signature(real_train_family).parameters["min_epoch_gap"].default == DEFAULT_MIN_EPOCH_GAP
     assert inspect.signature(build_pool_from_runs).parameters["min_epoch_gap"].default == DEFAULT_MIN_EPOCH_GAP
+
+
+def test_training_from_a_labelled_folder_splits_by_patient_and_exports_a_pool(tmp_path):
+    """The folder the Slicer labelling workflow writes trains a pool; no patient has slices on both sides."""
+    from test_labelling import synthetic_slice
+
+    from PerfusionDAUGSLib.pool import load_pool
+    from PerfusionSegLib.labelling import export_labelled_case
+    from PerfusionSegLib.training.data import FolderSource
+    from PerfusionSegLib.training.pipeline import train_family
+
+    cases = tmp_path / "cases"
+    for i, case_id in enumerate(("pA_base", "pA_mid", "pB_mid", "pC_mid", "pD_apex")):
+        series, labels = synthetic_slice(seed=i)
+        export_labelled_case(series, labels, cases, case_id)
+    recipe = DAUGS2024.replace(config="tiny", epochs=1, steps_per_epoch=1, batch_size=4, bank_size=2, val_slices=1)
+    split = FolderSource([cases], recipe)
+    train_patients, val_patients = {c.patient for c in split.train}, {c.patient for c in split.val}
+    assert train_patients and val_patients and not train_patients & val_patients
+    assert train_patients | val_patients == {"pA", "pB", "pC", "pD"}
+    assert sum(c.patient == "pA" for c in split.train + split.val) == 2      # both of pA's slices, on one side
+    out = train_family(recipe, [str(cases)], tmp_path / "out", runs=1, dice_threshold=0.0, min_epoch_gap=1,
+                       progress=False, log=lambda m: None)
+    assert out["n_members"] == 1 and len(load_pool(tmp_path / "out" / "pool", device="cpu")) == 1
+    training = json.loads((tmp_path / "out" / "pool" / "pool.json").read_text())["training"]
+    assert training["data"]["folders"] == [str(cases)] and training["data"]["phantom_presets"] == []
+    assert "held-out patients" in training["validation"] and "user" in training["data"]["licence"]
+
+
+def test_resunet_training_exports_its_best_epoch_as_a_registered_model(tmp_path):
+    from PerfusionSegLib.networks.registry import load_model
+    from PerfusionSegLib.training.pipeline import train_family
+
+    recipe = XUE2020.replace(config="small", epochs=2, steps_per_epoch=1, batch_size=2, bank_size=2, val_slices=1)
+    train_family(recipe, ["phantom:siemens-flash-3t"], tmp_path, progress=False, log=lambda m: None)
+    best = json.loads((tmp_path / "runs" / "run00" / "best.json").read_text())
+    model = load_model(tmp_path / "resunet.json", device="cpu")                 # sha256 checked, weights only
+    assert model.architecture == "resunet" and model.in_channels == 48
+    assert model.card["training"]["epoch"] == best["epoch"]
+    assert model.card["training"]["data"]["phantom_presets"] == ["siemens-flash-3t"]
