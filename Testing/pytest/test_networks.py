@@ -71,6 +71,16 @@ def test_unet_configs_shapes_and_parameter_counts():
         bil(torch.randn(1, 5, 18, 18))
     with pytest.raises(InvalidParameterError):
         build_network("vnet")
+    # blocks per level: three convolutions a level add exactly one conv (+ norm) per level, and keep the shapes
+    three = UNet2D(in_channels=5, n_classes=2, features=(4, 8, 16), up_mode="bilinear", convs_per_level=3)
+    extra = sum(f * f * 9 + 2 * f for f in (4, 8, 16)) + sum(f * f * 9 + 2 * f for f in (4, 8))
+    assert count_parameters(three) == count_parameters(bil) + extra and three.config["convs_per_level"] == 3
+    assert three(torch.randn(1, 5, 16, 16)).shape == (1, 2, 16, 16)
+    with pytest.raises(InvalidParameterError, match="convs_per_level"):
+        UNet2D(features=(4, 8), convs_per_level=0)
+    # the default keeps the weights' names of the shipped members (two convolutions a level)
+    assert "encoder.0.body.3.weight" in dict(bil.named_parameters()) and "encoder.0.body.6.weight" not in \
+        dict(bil.named_parameters())
 
 
 def test_he_init_scales_conv_weights():

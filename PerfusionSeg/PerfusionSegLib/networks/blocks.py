@@ -55,13 +55,14 @@ def make_norm(norm: str, channels: int) -> nn.Module | None:
 
 
 class DoubleConv(nn.Module):
-    """The vanilla U-Net unit: (conv3x3-norm-act) twice."""
+    """The vanilla U-Net unit: (conv3x3-norm-act) twice (``n_convs`` times; the layer layout, hence the weights'
+    names, of the two-convolution unit is the same whatever ``n_convs``)."""
 
     def __init__(self, in_channels: int, out_channels: int, activation: str = "relu", negative_slope: float = 0.01,
-                 norm: str = "batch"):
+                 norm: str = "batch", n_convs: int = 2):
         super().__init__()
         layers = []
-        for c_in in (in_channels, out_channels):
+        for c_in in (in_channels,) + (out_channels,) * (int(n_convs) - 1):
             layers.append(nn.Conv2d(c_in, out_channels, 3, padding=1, bias=norm == "none"))
             n = make_norm(norm, out_channels)
             if n is not None:

@@ -3,7 +3,8 @@
 DAUGS (uncertainty-guided pool selection) runs a 2D U-Net on 64x64 patches of a 128x128 crop, the 30 first-pass
 frames (pchip-resampled, scaled to [0, 1]) as input channels. Classes: background, blood pool, myocardium, RV
 (project codes 0-3; RV added to the published three classes because the AHA split needs the insertion points).
-Each level: (conv3x3-norm-ReLU) x2 (norm: BatchNorm, or InstanceNorm with ``norm="instance"``); down by 2x max-pool;
+Each level: (conv3x3-norm-ReLU) x2 (``convs_per_level``; norm: BatchNorm, or InstanceNorm with ``norm="instance"``);
+down by 2x max-pool;
 up by 2x transposed convolution (or bilinear) with skip concatenation; 1x1 head. He initialisation.
 """
 from __future__ import annotations
@@ -38,18 +39,21 @@ CONFIGS = {
 class UNet2D(nn.Module):
     def __init__(self, in_channels: int = 30, n_classes: int = 4, features: Sequence[int] = (16, 32, 64, 128),
                  activation: str = "relu", negative_slope: float = 0.01, up_mode: str = "transpose",
-                 batch_norm: bool = True, norm: str | None = None, init_weights: bool = True):
+                 batch_norm: bool = True, norm: str | None = None, convs_per_level: int = 2,
+                 init_weights: bool = True):
         super().__init__()
         features = tuple(int(f) for f in features)
         norm = norm or ("batch" if batch_norm else "none")        # ``batch_norm``: the older cards' spelling
         if len(features) < 2 or min(features) < 1 or in_channels < 1 or n_classes < 2:
             raise InvalidParameterError("UNet2D needs at least two levels of positive widths and 2 classes")
+        if int(convs_per_level) < 1:
+            raise InvalidParameterError(f"convs_per_level must be at least 1, got {convs_per_level}")
         if up_mode not in ("transpose", "bilinear"):
             raise InvalidParameterError(f"up_mode must be 'transpose' or 'bilinear', got {up_mode!r}")
         self.config = dict(in_channels=int(in_channels), n_classes=int(n_classes), features=list(features),
                            activation=activation, negative_slope=float(negative_slope), up_mode=up_mode,
-                           batch_norm=norm == "batch", norm=norm)
-        act = dict(activation=activation, negative_slope=negative_slope, norm=norm)
+                           batch_norm=norm == "batch", norm=norm, convs_per_level=int(convs_per_level))
+        act = dict(activation=activation, negative_slope=negative_slope, norm=norm, n_convs=int(convs_per_level))
         self.encoder = nn.ModuleList()
         c = in_channels
         for f in features:
