@@ -4,8 +4,8 @@ DAUGS (uncertainty-guided pool selection) runs a 2D U-Net on 64x64 patches of a 
 frames (pchip-resampled, scaled to [0, 1]) as input channels. Classes: background, blood pool, myocardium, RV
 (project codes 0-3; RV added to the published three classes because the AHA split needs the insertion points).
 Each level: (conv3x3-norm-ReLU) x2 (``convs_per_level``; norm: BatchNorm, or InstanceNorm with ``norm="instance"``);
-down by 2x max-pool;
-up by 2x transposed convolution (or bilinear) with skip concatenation; 1x1 head. He initialisation.
+down by 2x max-pool; up by 2x transposed convolution (or bilinear) with skip concatenation; 1x1 head. He
+initialisation.
 """
 from __future__ import annotations
 
