@@ -254,7 +254,9 @@ class PerfusionSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onExportCaseButton(self) -> None:
         with slicer.util.tryWithErrorDisplay("Could not export the labelled case.", waitCursor=True):
             p = self._parameterNode
-            caseId = p.caseId or slicer.mrmlScene.GenerateUniqueName(f"case_{p.labelCondition}_{p.labelLevel}")
+            caseId = p.caseId.strip()
+            if not caseId:     # its first part names the patient, which training keeps on one side of validation
+                raise ValueError("Enter a case id that starts with the patient, e.g. patient07_stress_mid.")
             folder = self.logic.exportLabelledCase(p.labelSeries, p.labelSegmentation,
                                                    self.ui.datasetDirectoryButton.directory, caseId,
                                                    level=p.labelLevel, condition=p.labelCondition,

@@ -106,13 +106,17 @@ def test_tiny_daugs_run_resumes_and_exports_a_pool(tmp_path):
 
 
 def test_the_card_says_what_the_validation_slices_are():
-    from PerfusionSegLib.training.pipeline import _validation_text
+    from PerfusionSegLib.training.pipeline import _licence_text, _validation_text
 
-    assert "labelled" not in _validation_text({"presets": ["randomised", "ge-gre-3t"], "folders": []})
-    both = _validation_text({"presets": ["ge-gre-3t"], "folders": ["/data/cases"]})
-    assert both.startswith("phantom presets ['ge-gre-3t']") and "held-out patients" in both
-    only = _validation_text({"presets": [], "folders": ["/data/cases"]})
-    assert only.startswith("the held-out patients") and "siemens-flash-3t" in only
+    phantom = {"presets": ["randomised", "ge-gre-3t"], "folders": [], "val_presets": ["ge-gre-3t", "randomised"],
+               "held_out_patients": 0}
+    assert _validation_text(phantom) == "phantom presets ['ge-gre-3t', 'randomised'] from a separate seed stream"
+    both = dict(phantom, folders=["/data/cases"], held_out_patients=2)
+    assert _validation_text(both).endswith(", plus 2 held-out patients of the labelled folders")
+    alone = {"presets": [], "folders": ["/data/cases"], "val_presets": ["siemens-flash-3t"], "held_out_patients": 0}
+    assert "siemens-flash-3t" in _validation_text(alone) and "no labelled patient held out" in _validation_text(alone)
+    assert "phantom" not in _licence_text(dict(alone, val_presets=[], held_out_patients=1))
+    assert "no third-party" in _licence_text(phantom)
 
 
 def test_parallel_runs_train_the_same_runs_as_the_sequential_loop(tmp_path):
@@ -285,7 +289,19 @@ def test_training_from_a_labelled_folder_splits_by_patient_and_exports_a_pool(tm
     assert out["n_members"] == 1 and len(load_pool(tmp_path / "out" / "pool", device="cpu")) == 1
     training = json.loads((tmp_path / "out" / "pool" / "pool.json").read_text())["training"]
     assert training["data"]["folders"] == [str(cases)] and training["data"]["phantom_presets"] == []
-    assert "held-out patients" in training["validation"] and "user" in training["data"]["licence"]
+    assert training["validation"] == "1 slices: 1 held-out patient of the labelled folders", training["validation"]
+    assert "user" in training["data"]["licence"] and "phantom" not in training["data"]["licence"]
+    # one patient only: nothing can be held out, and the run says so (log and card)
+    one = tmp_path / "one"
+    for i, case_id in enumerate(("pA_base", "pA_mid")):
+        series, labels = synthetic_slice(seed=i)
+        export_labelled_case(series, labels, one, case_id)
+    logs = []
+    train_family(recipe, [str(one)], tmp_path / "out1", runs=1, dice_threshold=0.0, min_epoch_gap=1,
+                 progress=False, log=logs.append)
+    assert any("none is held out" in m for m in logs)
+    card = json.loads((tmp_path / "out1" / "pool" / "pool.json").read_text())["training"]
+    assert "no labelled patient held out" in card["validation"] and "siemens-flash-3t" in card["validation"]
 
 
 def test_resunet_training_exports_its_best_epoch_as_a_registered_model(tmp_path):
