@@ -315,14 +315,23 @@ def test_segment_cli_daugs_writes_labels_umap_and_json(tmp_path, capsys):
     source = nib.load(str(tmp_path / "s.nii.gz"))              # the maps keep the input's geometry
     np.testing.assert_allclose(labels.affine, source.affine, atol=1e-5)
     np.testing.assert_allclose(umap.affine, source.affine, atol=1e-5)
-    # --exhaustive: every member at the U-map stride, and the choice is the lowest U_pp among them
+    # --exhaustive: every member at the U-map stride, and the choice is the lowest U_pp among them. These three
+    # untrained members (torch seeds 3, 1, 6) all segment some myocardium here, and the established one (best
+    # validation Dice) has the highest U_pp, so the choice shows the ranking
+    ranked = []
+    for name, seed, val_dice in (("m0", 3, 0.9), ("m1", 1, 0.5), ("m2", 6, 0.6)):
+        torch.manual_seed(seed)
+        ranked.append(dict(members[0], name=name, val_dice=val_dice,
+                           network=build_network("unet2d", config="tiny", features=(4, 8))))
+    pool3 = save_pool(ranked, tmp_path / "pool3")
     rc = main(["segment", str(tmp_path / "s.nii.gz"), "--out", str(tmp_path / "out_ex"), "--method", "daugs",
-               "--pool", str(pool), "--umap-stride", "16", "--device", "cpu", "--exhaustive"])
+               "--pool", str(pool3), "--umap-stride", "16", "--device", "cpu", "--exhaustive"])
     assert rc == 0, capsys.readouterr().err
     ex = json.loads((tmp_path / "out_ex" / "s_daugs.json").read_text())
-    assert ex["search"] == "exhaustive" and ex["u_pp_stride"] == {"m0": 16, "m1": 16}
+    assert ex["search"] == "exhaustive" and ex["u_pp_stride"] == {"m0": 16, "m1": 16, "m2": 16}
     finite = {k: v for k, v in ex["u_pp"].items() if v is not None}
-    assert finite and ex["chosen"] == min(finite, key=finite.get), ex["u_pp"]
+    assert len(finite) == 3 and ex["established"] == "m0", ex["u_pp"]
+    assert ex["chosen"] == min(finite, key=finite.get) != ex["established"], ex["u_pp"]
     rc = main(["segment", str(tmp_path / "s.nii.gz"), "--out", str(tmp_path / "out_ex2"), "--method", "resunet",
                "--exhaustive"])
     assert rc == 2 and "--exhaustive" in capsys.readouterr().err and not (tmp_path / "out_ex2").exists()
