@@ -76,8 +76,9 @@ def test_unet_configs_shapes_and_parameter_counts():
     extra = sum(f * f * 9 + 2 * f for f in (4, 8, 16)) + sum(f * f * 9 + 2 * f for f in (4, 8))
     assert count_parameters(three) == count_parameters(bil) + extra and three.config["convs_per_level"] == 3
     assert three(torch.randn(1, 5, 16, 16)).shape == (1, 2, 16, 16)
-    with pytest.raises(InvalidParameterError, match="convs_per_level"):
-        UNet2D(features=(4, 8), convs_per_level=0)
+    for bad in (0, 2.5, True):
+        with pytest.raises(InvalidParameterError, match="convs_per_level"):
+            UNet2D(features=(4, 8), convs_per_level=bad)
     # the default keeps the weights' names of the shipped members (two convolutions a level)
     assert "encoder.0.body.3.weight" in dict(bil.named_parameters()) and "encoder.0.body.6.weight" not in \
         dict(bil.named_parameters())

@@ -61,6 +61,8 @@ class DoubleConv(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, activation: str = "relu", negative_slope: float = 0.01,
                  norm: str = "batch", n_convs: int = 2):
         super().__init__()
+        if isinstance(n_convs, bool) or int(n_convs) != n_convs or n_convs < 1:
+            raise InvalidParameterError(f"a U-Net unit needs a whole number of convolutions >= 1, got {n_convs!r}")
         layers = []
         for c_in in (in_channels,) + (out_channels,) * (int(n_convs) - 1):
             layers.append(nn.Conv2d(c_in, out_channels, 3, padding=1, bias=norm == "none"))

@@ -46,8 +46,8 @@ class UNet2D(nn.Module):
         norm = norm or ("batch" if batch_norm else "none")        # ``batch_norm``: the older cards' spelling
         if len(features) < 2 or min(features) < 1 or in_channels < 1 or n_classes < 2:
             raise InvalidParameterError("UNet2D needs at least two levels of positive widths and 2 classes")
-        if int(convs_per_level) < 1:
-            raise InvalidParameterError(f"convs_per_level must be at least 1, got {convs_per_level}")
+        if isinstance(convs_per_level, bool) or int(convs_per_level) != convs_per_level or convs_per_level < 1:
+            raise InvalidParameterError(f"convs_per_level must be a whole number >= 1, got {convs_per_level!r}")
         if up_mode not in ("transpose", "bilinear"):
             raise InvalidParameterError(f"up_mode must be 'transpose' or 'bilinear', got {up_mode!r}")
         self.config = dict(in_channels=int(in_channels), n_classes=int(n_classes), features=list(features),
