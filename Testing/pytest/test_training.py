@@ -146,29 +146,41 @@ def test_parallel_runs_train_the_same_runs_as_the_sequential_loop(tmp_path):
                      **kw)
 
 
+def _edit_history(run_dir, edit) -> None:
+    """Rewrite the history saved in a run's state.pt (``edit`` changes the list of epoch entries in place)."""
+    from PerfusionSegLib.training.trainer import _save_tensor_dict
+
+    state = torch.load(run_dir / "state.pt", weights_only=True)
+    history = json.loads(state["history"])
+    edit(history)
+    _save_tensor_dict(dict(state, history=json.dumps(history)), run_dir / "state.pt")
+
+
+class _CountingSource:
+    """A training source that records every draw (to show that no bank is generated)."""
+
+    def __init__(self, source):
+        self.source, self.draws = source, []
+
+    def draw(self, rng):
+        self.draws.append(1)
+        return self.source.draw(rng)
+
+
 def test_time_budget_counts_earlier_invocations_of_a_run(tmp_path):
     """--max-minutes is per run: an interrupted pool run, started again, does not train run00 for a second budget."""
     from PerfusionSegLib.training.data import PhantomSource
-    from PerfusionSegLib.training.trainer import _save_tensor_dict, train
+    from PerfusionSegLib.training.trainer import train
 
     recipe = DAUGS2024.replace(config="tiny", epochs=4, steps_per_epoch=1, batch_size=4, bank_size=1, val_slices=0)
     source = PhantomSource(["siemens-flash-3t"], recipe)
     first = train(recipe.replace(epochs=1), source, [], tmp_path, progress=False, log=lambda m: None)
     assert first.epochs_done == 1
     # as if that epoch had taken an hour: a 30-minute budget is spent, so starting again trains nothing more
-    state = torch.load(tmp_path / "state.pt", weights_only=True)
-    history = json.loads(state["history"])
-    history[0]["seconds"] = 3600.0
-    _save_tensor_dict(dict(state, history=json.dumps(history)), tmp_path / "state.pt")
-    draws = []
-
-    class Counting:
-        def draw(self, rng):
-            draws.append(1)
-            return source.draw(rng)
-
-    again = train(recipe, Counting(), [], tmp_path, max_minutes=30, progress=False, log=lambda m: None)
-    assert again.epochs_done == 1 and not draws          # nor does it generate a bank it will not use
+    _edit_history(tmp_path, lambda history: history[0].update(seconds=3600.0))
+    counting = _CountingSource(source)
+    again = train(recipe, counting, [], tmp_path, max_minutes=30, progress=False, log=lambda m: None)
+    assert again.epochs_done == 1 and not counting.draws          # nor does it generate a bank it will not use
     assert again.seconds >= 3600
     more = train(recipe, source, [], tmp_path, max_minutes=None, progress=False, log=lambda m: None)
     assert more.epochs_done == 4
@@ -177,28 +189,22 @@ def test_time_budget_counts_earlier_invocations_of_a_run(tmp_path):
 def test_a_run_that_stopped_early_trains_nothing_more_when_started_again(tmp_path):
     """Early stopping is part of the run's state: started again (resume), it returns at once, stopped early."""
     from PerfusionSegLib.training.data import PhantomSource
-    from PerfusionSegLib.training.trainer import _save_tensor_dict, train
+    from PerfusionSegLib.training.trainer import train
 
     recipe = DAUGS2024.replace(config="tiny", epochs=6, steps_per_epoch=1, batch_size=4, bank_size=1, val_slices=0,
                                early_stop_patience=2)
     source = PhantomSource(["siemens-flash-3t"], recipe)
     first = train(recipe.replace(epochs=3), source, [], tmp_path, progress=False, log=lambda m: None)
     assert first.epochs_done == 3
-    # as if epoch 1 had been the best and epochs 2-3 no better: the patience of 2 is spent
-    state = torch.load(tmp_path / "state.pt", weights_only=True)
-    history = json.loads(state["history"])
-    for h, dice in zip(history, (0.9, 0.5, 0.5)):
-        h["val_dice"] = {"2": dice}
-    _save_tensor_dict(dict(state, history=json.dumps(history)), tmp_path / "state.pt")
-    draws = []
 
-    class Counting:
-        def draw(self, rng):
-            draws.append(1)
-            return source.draw(rng)
+    def epoch_1_best(history):        # epochs 2-3 no better: the patience of 2 is spent
+        for h, dice in zip(history, (0.9, 0.5, 0.5)):
+            h["val_dice"] = {"2": dice}
 
-    again = train(recipe, Counting(), [], tmp_path, progress=False, log=lambda m: None)
-    assert again.epochs_done == 3 and again.stopped_early and not draws
+    _edit_history(tmp_path, epoch_1_best)
+    counting = _CountingSource(source)
+    again = train(recipe, counting, [], tmp_path, progress=False, log=lambda m: None)
+    assert again.epochs_done == 3 and again.stopped_early and not counting.draws
     assert again.best_epoch == 1
     # with more patience the same run goes on
     more = train(recipe.replace(early_stop_patience=10), source, [], tmp_path, progress=False, log=lambda m: None)
