@@ -53,6 +53,8 @@ class PerfusionDAUGSParameterNode:
     umapStride: Annotated[int, WithinRange(1, 32)] = 2
     segStride: Annotated[int, WithinRange(1, 64)] = 16
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
+    exhaustiveSearch: bool = False
+    bf16: bool = False
 
 
 class PerfusionDAUGSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -138,8 +140,11 @@ class PerfusionDAUGSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.ensureDependencies()
             self._input = self.logic.collectInput(p.inputSeries, level=p.level, frameInterval=p.frameInterval)
             options = self.logic.options(pool=self.ui.poolPathLineEdit.currentPath or None, umapStride=p.umapStride,
-                                         segStride=p.segStride, device=DEVICES[p.device])
-            self._tasks.start(self.logic.analyse, self._input["series"], options, status="Running the pool...")
+                                         segStride=p.segStride, device=DEVICES[p.device],
+                                         exhaustive=p.exhaustiveSearch, bf16=p.bf16)
+            status = ("Running every pool member on every window (exhaustive search: minutes on a CPU)..."
+                      if p.exhaustiveSearch else "Running the pool...")
+            self._tasks.start(self.logic.analyse, self._input["series"], options, status=status)
         self._updateButtons()
 
     def _onTaskFinished(self, outcome) -> None:
@@ -155,7 +160,8 @@ class PerfusionDAUGSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                                ("  [chosen]" if row["chosen"] else ""), row["member"])
             flags = self.logic.qcFlags(outcome.result)
             self.ui.qcLabel.text = "QC: " + ("; ".join(flags) if flags else "no flags")
-            self.ui.statusLabel.text = f"Done: chosen member {self.logic.chosenMember(outcome.result)}."
+            self.ui.statusLabel.text = (f"Done ({outcome.result.search} search): chosen member "
+                                        f"{self.logic.chosenMember(outcome.result)}.")
 
     def onShowMemberButton(self) -> None:
         with slicer.util.tryWithErrorDisplay("Could not show the member's segmentation.", waitCursor=True):
@@ -185,12 +191,14 @@ class PerfusionDAUGSLogic(ScriptedLoadableModuleLogic):
         dependencies.ensureTorch(askConfirmation=askConfirmation)
 
     @staticmethod
-    def options(pool=None, umapStride=2, segStride=16, device="auto"):
+    def options(pool=None, umapStride=2, segStride=16, device="auto", exhaustive=False, bf16=False):
+        """``exhaustive``: every member on every U-map window instead of the staged search (the reference the
+        staged search is measured against; minutes per slice on a CPU). ``bf16``: bfloat16 inference."""
         from PerfusionSegUtils import dependencies
         from PerfusionSegLib.analysis import AnalysisOptions
         return AnalysisOptions(method="daugs", device=device, pool=pool, umap_stride=int(umapStride),
-                               seg_stride=int(segStride), compute_mbf=False,
-                               models_dirs=tuple(dependencies.modelsDirectories(__file__)))
+                               seg_stride=int(segStride), compute_mbf=False, exhaustive=bool(exhaustive),
+                               bf16=bool(bf16), models_dirs=tuple(dependencies.modelsDirectories(__file__)))
 
     @staticmethod
     def collectInput(seriesNode, level="mid", frameInterval=None) -> dict:
@@ -277,12 +285,13 @@ class PerfusionDAUGSLogic(ScriptedLoadableModuleLogic):
         return segmentationNode
 
     def process(self, seriesNode, pool=None, umapStride=2, segStride=16, device="auto", level="mid",
-                frameInterval=None, create_nodes=True, progress=None) -> dict:
+                frameInterval=None, create_nodes=True, progress=None, exhaustive=False, bf16=False) -> dict:
         """Synchronous run (console, tests): {"result": DAUGSResult, "input": ..., "nodes": created or None}."""
         from PerfusionSegLib.background import SyncContext
 
         input = self.collectInput(seriesNode, level=level, frameInterval=frameInterval)
-        options = self.options(pool=pool, umapStride=umapStride, segStride=segStride, device=device)
+        options = self.options(pool=pool, umapStride=umapStride, segStride=segStride, device=device,
+                               exhaustive=exhaustive, bf16=bf16)
         context = SyncContext(progress or (lambda f, text: logging.info(f"PerfusionDAUGS {100 * f:.0f}% {text}")))
         result = self.analyse(context, input["series"], options)
         run = {"result": result, "input": input, "nodes": None}

@@ -100,6 +100,7 @@ class PerfusionSegParameterNode:
     labelLevel: Annotated[str, Choice(list(LEVELS))] = "mid"
     labelCondition: Annotated[str, Choice(list(CONDITIONS))] = "stress"
     caseId: str = ""
+    patientId: str = ""
     referenceSegmentation: vtkMRMLSegmentationNode
 
 
@@ -260,7 +261,8 @@ class PerfusionSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             folder = self.logic.exportLabelledCase(p.labelSeries, p.labelSegmentation,
                                                    self.ui.datasetDirectoryButton.directory, caseId,
                                                    level=p.labelLevel, condition=p.labelCondition,
-                                                   frameInterval=p.frameInterval)
+                                                   frameInterval=p.frameInterval,
+                                                   patientId=p.patientId.strip() or None)
             self.ui.statusLabel.text = f"Exported {folder}"
 
     def onCompareButton(self) -> None:
@@ -444,7 +446,8 @@ class PerfusionSegLogic(ScriptedLoadableModuleLogic):
         return segmentationNode, frameVolume, frame
 
     def exportLabelledCase(self, seriesNode, segmentationNode, datasetDirectory, caseId, level=None, condition=None,
-                           frameInterval=None, overwrite=False):
+                           frameInterval=None, overwrite=False, patientId=None):
+        """``patientId``: case.json's patient_id (what training splits by); None: the case id up to its first '_'."""
         from PerfusionSegLib.labelling import export_labelled_case
         from PerfusionSegUtils import nodes
 
@@ -452,7 +455,7 @@ class PerfusionSegLogic(ScriptedLoadableModuleLogic):
                                                  frameInterval=frameInterval)
         labels = nodes.labelsFromSegmentation(segmentationNode, reference)
         return export_labelled_case(series, labels, datasetDirectory, caseId, overwrite=overwrite,
-                                    extra={"slicer_segmentation": segmentationNode.GetName()})
+                                    extra={"slicer_segmentation": segmentationNode.GetName()}, patient_id=patientId)
 
     def compareSegmentations(self, segmentationNode, referenceSegmentationNode, seriesNode, frameInterval=None):
         """Metrics (PerfusionSegLib.metrics.evaluate_pair) of a segmentation against a reference, and a table node."""
@@ -544,6 +547,7 @@ class PerfusionSegTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Phantom analysis: nodes created")
 
     def test_labellingWorkflow(self):
+        import json
         import tempfile
 
         logic = PerfusionSegLogic()
@@ -553,8 +557,10 @@ class PerfusionSegTest(ScriptedLoadableModuleTest):
         self.assertEqual(segmentationNode.GetSegmentation().GetNumberOfSegments(), 3)
         truthNode = loaded["truth"][("stress", "mid")]
         folder = logic.exportLabelledCase(sequence, truthNode, tempfile.mkdtemp(), "phantom_mid", level="mid",
-                                          condition="stress")
+                                          condition="stress", patientId="phantom02")
         self.assertTrue(os.path.isfile(os.path.join(folder, "labels.nii.gz")))
+        with open(os.path.join(folder, "case.json")) as f:
+            self.assertEqual(json.load(f)["patient_id"], "phantom02")
         metrics, tableNode = logic.compareSegmentations(truthNode, truthNode, sequence)
         self.assertAlmostEqual(metrics["myocardium"]["dice"], 1.0)
         self.assertGreater(tableNode.GetNumberOfRows(), 2)

@@ -118,9 +118,35 @@ def test_daugs_panel_helpers_on_a_tiny_untrained_pool(tmp_path):
     with pytest.raises(InvalidParameterError):
         daugs_member_labels(result, "not-a-member")
     assert progress[0] == 0.0 and progress[-1] == 1.0
+    assert result.search == "fast"
+    # the panel's "Exhaustive search": every member on every U-map window (2 members x 25 stride-16 windows)
+    options.exhaustive = True
+    texts = []
+    exhaustive = run_daugs_series(SyncContext(lambda f, text: texts.append(text)), series, options)
+    assert exhaustive.search == "exhaustive" and exhaustive.n_patch_forwards == 2 * 25
+    assert set(exhaustive.upp_stride.values()) == {16}
+    assert any("exhaustive" in t for t in texts)
 
 
-def test_resunet_path_finds_and_runs_a_model_in_the_models_folder(phantom_pair, tmp_path):
+def test_analysis_options_refuse_an_exhaustive_search_without_a_pool(tmp_path, monkeypatch):
+    with pytest.raises(InvalidParameterError, match="DAUGS"):
+        AnalysisOptions(method="resunet", exhaustive=True)
+    # "auto" that finds only a ResUNet (an install without the pool) must not drop the option silently
+    torch = pytest.importorskip("torch")
+    import PerfusionSegLib.analysis as analysis
+    from PerfusionSegLib.analysis import make_segmenter
+
+    monkeypatch.setattr(analysis, "default_pool_available", lambda options: False)
+    from PerfusionSegLib.networks.registry import save_model
+    from PerfusionSegLib.networks.resunet import build_resunet
+
+    torch.manual_seed(0)
+    save_model(build_resunet("small"), {"input": {"size": 96}}, tmp_path / "models", "tiny_resunet")
+    with pytest.raises(InvalidParameterError, match="needs a DAUGS pool"):
+        make_segmenter(AnalysisOptions(models_dirs=(str(tmp_path / "models"),), exhaustive=True, device="cpu"))
+
+
+def test_resunet_path_finds_and_runs_a_model_in_the_models_folder(phantom_pair, tmp_path, monkeypatch):
     """The ResUNet branch: the first full-image model card in the models folders is loaded (sha256 checked by the
     registry) and run; a tiny untrained 'small' ResUNet checks the plumbing, not the segmentation quality."""
     pytest.importorskip("PerfusionSegLib.preprocess", reason="PerfusionSegLib.preprocess (network input) not in the tree")
@@ -132,8 +158,9 @@ def test_resunet_path_finds_and_runs_a_model_in_the_models_folder(phantom_pair, 
     (tmp_path / "empty").mkdir()
     save_model(build_resunet("small"), {"input": {"size": 96}}, tmp_path / "models", "tiny_resunet")
     studies, _, _ = phantom_pair
-    options = AnalysisOptions(models_dirs=(str(tmp_path / "empty"), str(tmp_path / "models")), compute_mbf=False,
-                              device="cpu")
+    # method "resunet": with "auto" the extension's own DAUGS pool (found beside the Lib) would be chosen instead
+    options = AnalysisOptions(method="resunet", models_dirs=(str(tmp_path / "empty"), str(tmp_path / "models")),
+                              compute_mbf=False, device="cpu")
     mid = studies["stress"].slices[1]
     from PerfusionSegLib.series import Study
     result = analyse_studies(None, {"stress": Study(slices=[mid])}, options)
@@ -141,3 +168,12 @@ def test_resunet_path_finds_and_runs_a_model_in_the_models_folder(phantom_pair, 
     assert item.labels.shape == mid.shape and item.labels.dtype == np.uint8
     assert set(np.unique(item.labels)) <= {0, 1, 2, 3}
     assert "flags" in item.qc
+    assert item.umap is None and item.daugs is None       # the full-image model ran, not the DAUGS pool
+    # bf16 reaches the network call (the panel's option; the registry runs bfloat16 autocast)
+    import PerfusionSegLib.inference as inference
+    seen = []
+    original = inference.segment_series
+    monkeypatch.setattr(inference, "segment_series", lambda *a, **k: seen.append(k.get("bf16")) or original(*a, **k))
+    options.bf16 = True
+    analyse_studies(None, {"stress": Study(slices=[mid])}, options)
+    assert seen == [True]

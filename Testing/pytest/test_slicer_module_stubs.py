@@ -79,6 +79,12 @@ def test_modules_define_what_slicer_needs(modules):
     assert fields["method"].__metadata__[0] == ("Choice", ("Automatic", "ResUNet", "DAUGS"))
     assert seg.PerfusionSegParameterNode.method == "Automatic"
     assert daugs.PerfusionDAUGSParameterNode.umapStride == 2 and daugs.PerfusionDAUGSParameterNode.segStride == 16
+    # the staged search and fp32 by default; the panel's options reach the analysis
+    assert daugs.PerfusionDAUGSParameterNode.exhaustiveSearch is False and daugs.PerfusionDAUGSParameterNode.bf16 is False
+    options = daugs.PerfusionDAUGSLogic.options(exhaustive=True, bf16=True)
+    assert (options.method, options.exhaustive, options.bf16) == ("daugs", True, True)
+    assert daugs.PerfusionDAUGSLogic.options().exhaustive is False
+    assert seg.PerfusionSegParameterNode.patientId == ""
     seg.PerfusionSeg(types.SimpleNamespace())  # registers the sample data at startup
     assert modules["connected"][-1][0] == "startupCompleted()"
 
