@@ -362,6 +362,50 @@ def test_bn_adapted_selection_adapts_each_member_to_each_image_alone():
     assert ev.predictor(0, 1) is ev.predictor(0, 1) and ev.predictor(0, 0) is not ev.predictor(0, 1)
 
 
+class _UnknownLeaf(nn.Module):
+    def forward(self, x):
+        return x
+
+
+class _AutocastOnly(nn.Module):
+    """The same network behind a leaf that ``bf16_copy`` does not know: the selection then runs it under bf16
+    autocast itself (the arithmetic its bf16 copy must reproduce)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.tag = net, _UnknownLeaf()
+
+    def forward(self, x):
+        return self.tag(self.net(x))
+
+
+def test_bf16_selection_computes_what_autocast_computes_bit_for_bit():
+    """bf16 search: members run as bf16 copies on batches cast to bf16 once (not once per member); U-maps, U_pp and
+    segmentations must equal, bit for bit, those of the same members run under bf16 autocast."""
+    from PerfusionSegLib.networks import build_network
+
+    nets = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        net = build_network("unet2d", in_channels=3, features=(4, 8, 16), up_mode="transpose").eval()
+        nets.append(net.to(memory_format=torch.channels_last))      # as the registry loads them
+    copies = [(f"m{i}", n) for i, n in enumerate(nets)]
+    wrapped = [(f"m{i}", _AutocastOnly(n)) for i, n in enumerate(nets)]
+    assert all(p.bf16_input for p in PoolEvaluator(copies, [ring_image(96)[0]], bf16=True).predictors)
+    assert not any(p.bf16_input for p in PoolEvaluator(wrapped, [ring_image(96)[0]], bf16=True).predictors)
+    images = [ring_image(96, seed=1)[0], ring_image(96, seed=2, noise=0.1)[0]]
+    for fast in (False, True):
+        a = select_members(copies, images, fast=fast, bf16=True, umap_stride=4)
+        b = select_members(wrapped, images, fast=fast, bf16=True, umap_stride=4)
+        for ra, rb in zip(a, b):
+            assert ra.chosen == rb.chosen and ra.n_patch_forwards == rb.n_patch_forwards
+            for name in ra.evaluations:
+                ea, eb = ra.evaluations[name], rb.evaluations[name]
+                assert ea.upp == eb.upp or (math.isinf(ea.upp) and math.isinf(eb.upp))
+                assert np.array_equal(ea.umap, eb.umap)
+                assert np.array_equal(ea.mean_probabilities, eb.mean_probabilities)
+
+
 def test_selection_rejects_bad_input():
     with pytest.raises(InvalidParameterError):
         select_members([], [ring_image()[0]])
