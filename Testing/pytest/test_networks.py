@@ -294,6 +294,9 @@ def test_bf16_copy_computes_what_autocast_computes_bit_for_bit(config):
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())     # the original is untouched
     bn = next(m for m in fast.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert bn.running_var.dtype == torch.float32                                    # statistics stay fp32
+    from PerfusionSegLib.networks.inference_copy import Bf16ReLU
+    relus = [m for m in fast.modules() if isinstance(m, torch.nn.ReLU)]
+    assert relus and all(isinstance(m, Bf16ReLU) for m in relus)                    # the fast bf16 ReLU runs
     x = torch.rand(3, 30, 64, 64).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -301,6 +304,22 @@ def test_bf16_copy_computes_what_autocast_computes_bit_for_bit(config):
         out = fast(x.to(torch.bfloat16))
     assert out.dtype == ref.dtype == torch.bfloat16
     assert torch.equal(out, ref)
+
+
+def test_bf16_relu_equals_relu_on_every_bf16_value():
+    from PerfusionSegLib.networks.inference_copy import Bf16ReLU
+    every = torch.arange(-2 ** 15, 2 ** 15, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)   # all 65,536
+    finite = every[torch.isfinite(every)]
+    ref = torch.relu(finite)
+    out = Bf16ReLU()(finite)
+    assert torch.equal(out, ref) and not torch.equal(out, finite)       # equal values (-0 -> +0), input untouched
+    assert torch.equal(out.view(torch.int16) < 0, torch.zeros_like(out, dtype=torch.bool))   # never a sign bit
+    x = torch.randn(2, 4, 8, 8).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    y = x.clone()
+    assert Bf16ReLU(inplace=True)(y) is y and torch.equal(y, torch.relu(x))
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    xf = torch.randn(5)
+    assert torch.equal(Bf16ReLU()(xf), torch.relu(xf))                  # other dtypes: torch's ReLU
 
 
 def test_bf16_copy_declines_layers_it_does_not_know():

@@ -21,6 +21,12 @@ member cost about 2x a BatchNorm one on a CPU; on a GPU torch's InstanceNorm and
 therefore not autocast's arithmetic; it also centres each conv -> InstanceNorm pair (exact in exact arithmetic) so
 that bf16 statistics stay accurate. Tested against fp32, not bit for bit.
 
+In the bf16 copy, ReLU is ``Bf16ReLU``: torch's bf16 ReLU on a CPU converts every element to fp32 and back, and
+took 4x the time of an fp32 ReLU on half the bytes (64 patches x 16 x 64 x 64, channels-last, 2-core AMD EPYC:
+0.41-0.49 ms against 0.11 ms), about 12 % of a profiled bf16 DAUGS study. A bf16 number is negative exactly when its
+sign bit is set, so clamping its 16 bits, read as a signed integer, at 0 is ReLU: the same values (a -0 becomes +0),
+0.06 ms.
+
 ``cached_copy`` keeps one copy of each kind per network for as long as the network lives, and makes a new one when the
 network's weights or buffers changed: a DAUGS study otherwise deep-copies all 50 members again for every search (6 %
 of a profiled study's time).
@@ -76,6 +82,29 @@ def _frozen(net: nn.Module, channels_last: bool) -> nn.Module:
     return net
 
 
+class Bf16ReLU(nn.ReLU):
+    """ReLU that, on bf16 tensors, clamps the bits read as int16 at 0 (module docstring: the same values, several
+    times faster on a CPU than torch's bf16 ReLU); any other dtype goes to ``torch.relu``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.bfloat16:
+            return super().forward(x)
+        out = x if self.inplace else x.clone()
+        out.view(torch.int16).clamp_min_(0)       # sign bit set (negative or -0) -> all bits 0 (+0)
+        return out
+
+
+def _fast_bf16_relus(net: nn.Module) -> int:
+    """Replace every plain ``nn.ReLU`` of ``net`` (in place) by a ``Bf16ReLU``; returns how many."""
+    n = 0
+    for parent in list(net.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.ReLU:
+                setattr(parent, name, Bf16ReLU(inplace=child.inplace))
+                n += 1
+    return n
+
+
 # leaf modules whose bf16 copy computes what bf16 autocast computes (anything else: no copy, use autocast)
 _BF16_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _BF16_SAME = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.ReLU, nn.LeakyReLU, nn.MaxPool1d, nn.MaxPool2d,
@@ -109,6 +138,7 @@ def bf16_copy(network: nn.Module) -> nn.Module | None:
     for m in net.modules():
         if isinstance(m, _BF16_CONVS):
             m.to(torch.bfloat16)
+    _fast_bf16_relus(net)
     return _frozen(net, uses_channels_last(network))
 
 
