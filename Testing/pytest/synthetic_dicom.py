@@ -44,7 +44,6 @@ def write_series(folder: Path, *, n_frames: int = 12, rows: int = 24, cols: int 
                  pixel_spacing=(1.5, 1.25), iop=IOP, origin=(-40.0, -120.0, 60.0), slice_gap: float = 10.0,
                  manufacturer: str = "SIEMENS", start_s: float = 36000.0, seed: int = 0) -> dict:
     """Write (n_pd + n_frames) x n_slices files with shuffled names; return the truth for the checks."""
-    import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 

@@ -5,7 +5,6 @@ import copy
 import io
 import json
 import os
-import pickle
 
 import numpy as np
 import pytest
@@ -156,6 +155,7 @@ def test_registry_round_trip_fp32_and_fp16(tmp_path):
     assert size16 < 0.7 * size32
     m32 = load_model(card32, device="cpu")
     m16 = load_model("tiny16", device="cpu", models_dir=tmp_path)
+    assert json.loads(card16.read_text())["weights_sha256"] != c["weights_sha256"]    # fp16 weights, their own hash
     assert not m32.network.training and m32.device.type == "cpu"
     np.testing.assert_allclose(m32.predict_proba(x.numpy()), ref, atol=1e-5)
     assert np.abs(m16.predict_proba(x.numpy()) - ref).max() < 2e-2

@@ -3,20 +3,19 @@ MBF maps and regions, the `perfusion mbf` command, and sanity on the real QPerf 
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import pytest
 
 from conftest import shared_path
-from PerfusionSegLib.errors import InvalidLabelsError, InvalidParameterError, PerfusionInputError
+from PerfusionSegLib.errors import InvalidLabelsError, InvalidParameterError
 from PerfusionSegLib.series import AIF, SliceSeries
 from PerfusionSegLib.quantification import (blood_to_plasma, build_lut, compute_mbf_map, default_sequence,
                                             detect_foot_peak, extract_aif, fermi_mbf, fit_regions,
                                             locate_lv_in_aif_images, make_aif, sequence_from_metadata, signal_to_gd,
                                             simulate_signal, t2star_correct, two_compartment_mbf, validate_aif_curve)
 from PerfusionSegLib.quantification.gd_conversion import SequenceParameters
-from PerfusionSegLib.quantification.simulation import fermi_ir, gamma_variate, realistic_aif, simulate_curves
+from PerfusionSegLib.quantification.simulation import fermi_ir, gamma_variate, simulate_curves
 from PerfusionSegLib.quantification.two_compartment import two_compartment_response
 
 TIMES = np.arange(60) * 0.5

@@ -189,7 +189,7 @@ def test_every_python_file_is_in_cmakelists(module):
     for res in resources:
         path = root / res.replace("${MODULE_NAME}", module)
         assert path.is_file(), f"resource {path} listed but absent"
-    assert re.search(rf"slicerMacroBuildScriptedModule\(\s*NAME \$\{{MODULE_NAME\}}", cmake)
+    assert re.search(r"slicerMacroBuildScriptedModule\(\s*NAME \$\{MODULE_NAME\}", cmake)
     assert f"set(MODULE_NAME {module})" in cmake
     assert "add_subdirectory(Testing)" in cmake
     assert "add_subdirectory(Python)" in (root / "Testing/CMakeLists.txt").read_text()
