@@ -23,9 +23,9 @@ that bf16 statistics stay accurate. Tested against fp32, not bit for bit.
 
 In the bf16 copy, ReLU is ``Bf16ReLU``: torch's bf16 ReLU on a CPU converts every element to fp32 and back, and
 took 4x the time of an fp32 ReLU on half the bytes (64 patches x 16 x 64 x 64, channels-last, 2-core AMD EPYC:
-0.41-0.49 ms against 0.11 ms), about 12 % of a profiled bf16 DAUGS study. A bf16 number is negative exactly when its
-sign bit is set, so clamping its 16 bits, read as a signed integer, at 0 is ReLU: the same values (a -0 becomes +0),
-0.06 ms.
+0.41-0.49 ms against 0.11 ms). A bf16 number is negative exactly when its sign bit is set, so clamping its 16 bits,
+read as a signed integer, at 0 is ReLU: the same values (a -0 becomes +0), 0.06 ms. A bf16 DAUGS study gained 2-4 %
+on an idle CPU (docs/daugs.md, twenty-first session).
 
 ``cached_copy`` keeps one copy of each kind per network for as long as the network lives, and makes a new one when the
 network's weights or buffers changed: a DAUGS study otherwise deep-copies all 50 members again for every search (6 %
