@@ -134,16 +134,15 @@ def test_analysis_options_refuse_an_exhaustive_search_without_a_pool(tmp_path, m
     # "auto" that finds only a ResUNet (an install without the pool) must not drop the option silently
     torch = pytest.importorskip("torch")
     import PerfusionSegLib.analysis as analysis
-    from PerfusionSegLib.analysis import make_segmenter
-
-    monkeypatch.setattr(analysis, "default_pool_available", lambda options: False)
     from PerfusionSegLib.networks.registry import save_model
     from PerfusionSegLib.networks.resunet import build_resunet
 
+    monkeypatch.setattr(analysis, "default_pool_available", lambda options: False)
     torch.manual_seed(0)
     save_model(build_resunet("small"), {"input": {"size": 96}}, tmp_path / "models", "tiny_resunet")
     with pytest.raises(InvalidParameterError, match="needs a DAUGS pool"):
-        make_segmenter(AnalysisOptions(models_dirs=(str(tmp_path / "models"),), exhaustive=True, device="cpu"))
+        analysis.make_segmenter(AnalysisOptions(models_dirs=(str(tmp_path / "models"),), exhaustive=True,
+                                                device="cpu"))
 
 
 def test_resunet_path_finds_and_runs_a_model_in_the_models_folder(phantom_pair, tmp_path, monkeypatch):

@@ -94,15 +94,12 @@ class Bf16ReLU(nn.ReLU):
         return out
 
 
-def _fast_bf16_relus(net: nn.Module) -> int:
-    """Replace every plain ``nn.ReLU`` of ``net`` (in place) by a ``Bf16ReLU``; returns how many."""
-    n = 0
+def _fast_bf16_relus(net: nn.Module) -> None:
+    """Replace every plain ``nn.ReLU`` of ``net`` (in place) by a ``Bf16ReLU``."""
     for parent in list(net.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.ReLU:
                 setattr(parent, name, Bf16ReLU(inplace=child.inplace))
-                n += 1
-    return n
 
 
 # leaf modules whose bf16 copy computes what bf16 autocast computes (anything else: no copy, use autocast)
