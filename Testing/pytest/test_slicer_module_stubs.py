@@ -85,6 +85,10 @@ def test_modules_define_what_slicer_needs(modules):
     assert (options.method, options.exhaustive, options.bf16) == ("daugs", True, True)
     assert daugs.PerfusionDAUGSLogic.options().exhaustive is False
     assert seg.PerfusionSegParameterNode.patientId == ""
+    # the main panel's bfloat16 option (off by default) reaches the analysis
+    assert seg.PerfusionSegParameterNode.bf16 is False
+    assert seg.PerfusionSegLogic().analysisOptions(bf16=True).bf16 is True
+    assert seg.PerfusionSegLogic().analysisOptions().bf16 is False
     seg.PerfusionSeg(types.SimpleNamespace())  # registers the sample data at startup
     assert modules["connected"][-1][0] == "startupCompleted()"
 
