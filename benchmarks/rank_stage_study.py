@@ -85,6 +85,11 @@ def set_scores(probs: np.ndarray, offsets: np.ndarray, shape, margin, myo: int) 
     return float(sc.upp), float(sc.utot)
 
 
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def score_log(log: Path, pool_dir: str, seed: int, sets, out: Path) -> list:
     from bench_daugs import phantom_set
     from PerfusionDAUGSLib.patching import extract_patches
@@ -99,7 +104,7 @@ def score_log(log: Path, pool_dir: str, seed: int, sets, out: Path) -> list:
     row = {tuple(o): k for k, o in enumerate(windows.tolist())}
     for rec in records:
         if rec["names"] != [n for n, _ in members]:
-            raise SystemExit(f"{log}: the log's members are not those of {pool_dir}")
+            _fail(f"{log}: the log's members are not those of {pool_dir}")
         t0 = time.perf_counter()
         ev = PoolEvaluator(members, [images[rec["series"]]])
         shape = tuple(ev.images[0].shape[1:])
@@ -117,7 +122,8 @@ def score_log(log: Path, pool_dir: str, seed: int, sets, out: Path) -> list:
             diff = max(abs(rec["upp"]["s1_32"][n] - rec["upp"]["32"][n]) / max(abs(rec["upp"]["32"][n]), 1e-12)
                        for n in ev.names if np.isfinite(rec["upp"]["32"][n]))
             if diff > 1e-6:
-                raise SystemExit(f"series {rec['series']}: stride-32 U_pp differs from the log by {diff:.1e}")
+                _fail(f"series {rec['series']}: stride-32 U_pp differs from the log by {diff:.1e} "
+                      "(another seed or another code version?)")
         print(f"  series {rec['series']}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     out.write_text("".join(json.dumps(r, default=float) + "\n" for r in records))
     return records

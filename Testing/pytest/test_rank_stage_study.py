@@ -55,3 +55,13 @@ def test_window_sets_lie_on_the_stride2_grid_inside_the_image():
         assert (offsets % 2 == 0).all(), key
     # the phase-cycled set starts its windows at several phases (mod 8) on both axes
     assert len({tuple(o) for o in (study.SETS["32p"] % 8).tolist()}) >= 6
+
+
+def test_bad_arguments_exit_2(tmp_path, capsys):
+    study = _load("rank_stage_study")
+    log = tmp_path / "log.jsonl"
+    log.write_text("")
+    assert study.main([str(log), "--sets", "32,nope", "--replay-only"]) == 2
+    assert study.main([str(tmp_path / "missing.jsonl"), "--replay-only"]) == 2
+    assert study.main([str(log)]) == 2                     # scoring needs --pool and --series-seed
+    assert capsys.readouterr().err.count("error:") == 3
