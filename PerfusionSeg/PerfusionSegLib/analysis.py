@@ -17,6 +17,7 @@ import numpy as np
 
 from .aha import TERRITORY_OF_SEGMENT as TERRITORY
 from .background import SyncContext
+from .errors import InvalidParameterError
 
 AHA_SEGMENTS = tuple(range(1, 17))
 METHODS = ("auto", "resunet", "daugs")
@@ -40,12 +41,10 @@ class AnalysisOptions:
     def __post_init__(self):
         self.method = str(self.method).lower()
         if self.method not in METHODS:
-            from PerfusionSegLib.errors import InvalidParameterError
             raise InvalidParameterError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         device = str(self.device).lower()
         self.device = {"gpu": "cuda"}.get(device, device)
         if self.exhaustive and self.method == "resunet":
-            from PerfusionSegLib.errors import InvalidParameterError
             raise InvalidParameterError("the exhaustive search is the DAUGS pool's: choose the DAUGS method")
 
 
@@ -131,7 +130,6 @@ def make_segmenter(options: AnalysisOptions):
     ``center_yx``: the LV centre (input pixels), else the series is located on its own."""
     if resolve_method(options) == "resunet":
         if options.exhaustive:       # "auto" found no pool: say so rather than ignore the option
-            from PerfusionSegLib.errors import InvalidParameterError
             raise InvalidParameterError("the exhaustive search needs a DAUGS pool; none was found in the models "
                                         "folders")
         from PerfusionSegLib.inference import segment_series
@@ -229,8 +227,6 @@ def daugs_qc_flags(result) -> list:
 
 
 def daugs_member_labels(result, member: str, series=None):
-    from PerfusionSegLib.errors import InvalidParameterError
-
     if member == result.chosen:
         return result.labels
     if result.member_labels and member in result.member_labels:
