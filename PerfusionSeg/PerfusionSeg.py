@@ -102,6 +102,7 @@ class PerfusionSegParameterNode:
     labelCondition: Annotated[str, Choice(list(CONDITIONS))] = "stress"
     caseId: str = ""
     patientId: str = ""
+    coarseLabels: bool = False      # the exported labels are rough outlines (training learns from their cores only)
     referenceSegmentation: vtkMRMLSegmentationNode
 
 
@@ -264,7 +265,8 @@ class PerfusionSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                                    self.ui.datasetDirectoryButton.directory, caseId,
                                                    level=p.labelLevel, condition=p.labelCondition,
                                                    frameInterval=p.frameInterval,
-                                                   patientId=p.patientId.strip() or None)
+                                                   patientId=p.patientId.strip() or None,
+                                                   coarse=p.coarseLabels)
             self.ui.statusLabel.text = f"Exported {folder}"
 
     def onCompareButton(self) -> None:
@@ -451,8 +453,9 @@ class PerfusionSegLogic(ScriptedLoadableModuleLogic):
         return segmentationNode, frameVolume, frame
 
     def exportLabelledCase(self, seriesNode, segmentationNode, datasetDirectory, caseId, level=None, condition=None,
-                           frameInterval=None, overwrite=False, patientId=None):
-        """``patientId``: case.json's patient_id (what training splits by); None: the case id up to its first '_'."""
+                           frameInterval=None, overwrite=False, patientId=None, coarse=False):
+        """``patientId``: case.json's patient_id (what training splits by); None: the case id up to its first '_'.
+        ``coarse``: the labels are rough outlines; training learns from their cores only (PerfusionSegLib.weak_labels)."""
         from PerfusionSegLib.labelling import export_labelled_case
         from PerfusionSegUtils import nodes
 
@@ -460,7 +463,8 @@ class PerfusionSegLogic(ScriptedLoadableModuleLogic):
                                                  frameInterval=frameInterval)
         labels = nodes.labelsFromSegmentation(segmentationNode, reference)
         return export_labelled_case(series, labels, datasetDirectory, caseId, overwrite=overwrite,
-                                    extra={"slicer_segmentation": segmentationNode.GetName()}, patient_id=patientId)
+                                    extra={"slicer_segmentation": segmentationNode.GetName()}, patient_id=patientId,
+                                    coarse=coarse)
 
     def compareSegmentations(self, segmentationNode, referenceSegmentationNode, seriesNode, frameInterval=None):
         """Metrics (PerfusionSegLib.metrics.evaluate_pair) of a segmentation against a reference, and a table node."""

@@ -5,7 +5,8 @@ A labelled dataset is a folder of cases, one sub-folder per case::
     DIR/<case>/image.nii.gz         the 2D+T series, (X, Y, 1, T), written by writers.write_series
     DIR/<case>/image.times.json     its real frame times (s), written beside it by writers.write_series
     DIR/<case>/labels.nii.gz        uint8 (X, Y, 1) in the project codes (1 LV blood pool, 2 LV myocardium, 3 RV)
-    DIR/<case>/case.json            spacing, level, condition, source, frame count, label names, format version
+    DIR/<case>/case.json            spacing, level, condition, source, frame count, label names, format version,
+                                    label quality ("exact" or "coarse": rough outlines, see weak_labels)
 
 `export_labelled_case` writes a case atomically (into a hidden temporary folder that is renamed at the end), so a
 crash never leaves a half-written case that training would pick up. `read_labelled_dataset` reads them back.
@@ -105,12 +106,15 @@ def _check_labels(labels, shape) -> np.ndarray:
 
 
 def export_labelled_case(series: SliceSeries, labels, dataset_dir, case_id: str, *, overwrite: bool = False,
-                         extra: Optional[dict] = None, patient_id: Optional[str] = None) -> Path:
+                         extra: Optional[dict] = None, patient_id: Optional[str] = None, coarse: bool = False) -> Path:
     """Write one labelled case into ``dataset_dir/case_id`` (image, times, labels, case.json) and return that folder.
 
     ``patient_id`` (case.json ``patient_id``) is what training splits by, so that no patient has slices on both
     sides of the validation split; by default the case id up to its first ``_`` (``patient07_stress_mid`` ->
     ``patient07``), written out so that it can be checked and corrected.
+    ``coarse``: the labels are rough outlines (e.g. circles drawn around the LV), not traced borders. Training then
+    learns only from their cores and from "not the LV" well outside them (``weak_labels.weak_labels_from_coarse``),
+    so such labels must hold both an LV blood pool and a myocardium thick enough to keep a core.
     Refuses to replace an existing case unless ``overwrite``; the inputs are not modified.
     """
     from .writers import write_labels, write_series  # writers pull in nibabel: import when used
@@ -122,6 +126,10 @@ def export_labelled_case(series: SliceSeries, labels, dataset_dir, case_id: str,
         raise InvalidParameterError(f"patient_id must be a non-empty string, got {patient_id!r}")
     patient_id = patient_id.strip() if patient_id is not None else case_id.split("_")[0]
     labels = _check_labels(labels, series.shape)
+    if coarse:
+        from .weak_labels import weak_labels_from_coarse
+
+        weak_labels_from_coarse(labels)      # refuse now what training could not use later
     dataset_dir = Path(dataset_dir)
     target = dataset_dir / case_id
     if target.exists() and not overwrite:
@@ -145,6 +153,7 @@ def export_labelled_case(series: SliceSeries, labels, dataset_dir, case_id: str,
             "labels": {str(k): v for k, v in LABEL_NAMES.items()},
             "label_pixels": {str(k): int(np.sum(labels == k)) for k in LABEL_NAMES},
             "peak_myocardial_frame": peak_myocardial_enhancement_frame(series, labels),
+            "label_quality": "coarse" if coarse else "exact",
         }
         if extra:
             meta["extra"] = extra
@@ -171,6 +180,11 @@ class LabelledCase:
     meta: dict = field(default_factory=dict)
     path: Optional[Path] = None
 
+    @property
+    def coarse(self) -> bool:
+        """Whether the labels are rough outlines (exported with ``coarse=True``); cases of older exports are exact."""
+        return self.meta.get("label_quality", "exact") == "coarse"
+
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -192,6 +206,9 @@ def _read_case(folder: Path) -> LabelledCase:
         raise UnreadableFileError(f"labelled case {folder.name}: cannot read ({exc})") from exc
     if meta.get("format") != FORMAT:
         raise UnreadableFileError(f"labelled case {folder.name}: unknown format {meta.get('format')!r}")
+    if meta.get("label_quality", "exact") not in ("exact", "coarse"):
+        raise UnreadableFileError(f"labelled case {folder.name}: label_quality must be 'exact' or 'coarse', got "
+                                  f"{meta.get('label_quality')!r}")
     if xyzt.ndim == 4:
         xyzt = xyzt[:, :, 0, :]
     data = np.transpose(xyzt, (2, 1, 0))  # (X, Y, T) -> (T, Y, X)

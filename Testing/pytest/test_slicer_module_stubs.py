@@ -112,3 +112,24 @@ def test_console_process_without_nodes(modules):
     # no user folder set (settings stand-in returns the default): the extension's own Resources/Models is searched
     assert Path(options.models_dirs[0]) == REPO / "Resources" / "Models"
     assert logic._byLevel(ph.study.slices[1]) == {"mid": ph.study.slices[1]}
+
+
+def test_export_of_a_coarse_labelled_case_from_the_logic(modules, monkeypatch, tmp_path):
+    """The labelling panel's "Coarse labels" option (parameter coarseLabels, off by default) reaches case.json."""
+    import json
+
+    from test_labelling import synthetic_slice
+
+    from PerfusionSegUtils import nodes
+
+    seg = modules["PerfusionSeg"]
+    assert seg.PerfusionSegParameterNode.coarseLabels is False
+    series, labels = synthetic_slice(seed=0)
+    monkeypatch.setattr(nodes, "seriesFromNode", lambda node, **kw: (series, "reference"))
+    monkeypatch.setattr(nodes, "labelsFromSegmentation", lambda node, reference: labels)
+    segmentation = types.SimpleNamespace(GetName=lambda: "labels")
+    logic = seg.PerfusionSegLogic()
+    for coarse, case in ((True, "pA_mid"), (False, "pB_mid")):
+        folder = logic.exportLabelledCase(object(), segmentation, str(tmp_path), case, coarse=coarse)
+        meta = json.loads((Path(folder) / "case.json").read_text())
+        assert meta["label_quality"] == ("coarse" if coarse else "exact")

@@ -1,6 +1,9 @@
 """`perfusion train`: train a ResUNet or a DAUGS pool with the published recipes, on the phantom and/or labelled folders.
 
 Runs are resumable: run the same command again after an interruption and it continues from the last complete epoch.
+Labelled folders may hold coarse cases (rough outlines, exported with ``coarse=True``): training learns from their
+cores only. ``--init`` fine-tunes a trained model or pool (e.g. the shipped one on a site's own cases) instead of
+starting from random weights.
 """
 from __future__ import annotations
 
@@ -39,6 +42,9 @@ def register(subparsers) -> None:
     p.add_argument("--parallel-runs", type=int, default=1, metavar="N",
                    help="DAUGS: train N runs at once, one process each (on a GPU the data generation is the "
                         "bottleneck of one run); the runs are the same as when trained one after the other")
+    p.add_argument("--init", metavar="CARD_OR_POOL",
+                   help="fine-tune: start from this model card (every run) or DAUGS pool folder (run r from the "
+                        "best member of the pool's r-th training run) instead of random weights")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resume", action="store_true", help="start again even if the output holds a run")
     p.add_argument("--half", action="store_true", help="store exported weights as float16 (half the size)")
@@ -70,7 +76,7 @@ def run(args) -> int:
                           resume=not args.no_resume, max_minutes=args.max_minutes,
                           dice_threshold=args.dice_threshold, max_members=args.max_members,
                           min_epoch_gap=args.member_epoch_gap, half=args.half,
-                          parallel_runs=args.parallel_runs,
+                          parallel_runs=args.parallel_runs, init=args.init,
                           progress=not args.quiet, log=log)
     print(result["summary"])
     return 0

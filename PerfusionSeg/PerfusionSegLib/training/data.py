@@ -83,8 +83,14 @@ def _patient_of(case) -> str:
 
 
 def prepare_labelled_case(case, recipe: Recipe) -> PreparedCase:
-    """A labelled case on the network grid, centred on its labelled LV blood pool (the label is the truth here)."""
-    image, labels = labelled_series_on_network_grid(case.series, case.labels, recipe)
+    """A labelled case on the network grid, centred on its labelled LV blood pool (the label is the truth here).
+    A coarse case (rough outlines) becomes partial labels first (``weak_labels``), on its own grid."""
+    labels = case.labels
+    if getattr(case, "coarse", False):
+        from ..weak_labels import weak_labels_from_coarse
+
+        labels = weak_labels_from_coarse(labels)
+    image, labels = labelled_series_on_network_grid(case.series, labels, recipe)
     return PreparedCase(_patient_of(case), image, labels)
 
 

@@ -60,9 +60,13 @@ def _validation_text(spec: dict) -> str:
 def train_family(recipe: Recipe, data: Sequence[str], out_dir, *, runs: Optional[int] = None, seed: int = 0,
                  device: str = "auto", resume: bool = True, max_minutes: Optional[float] = None,
                  dice_threshold: float = 0.87, max_members: int = 50, min_epoch_gap: int = 2, half: bool = False,
-                 parallel_runs: int = 1, progress: bool = True,
+                 parallel_runs: int = 1, progress: bool = True, init=None,
                  log: Callable[[str], None] = print) -> dict:
     """Train ``runs`` runs (run ``r`` seeded ``seed + 1000 r``) and export the model or pool.
+
+    ``init`` fine-tunes instead of training from scratch: a model card (every run starts from it) or a DAUGS pool
+    folder (run ``r`` starts from the best-validated member of the pool's ``r``-th training run, so the runs keep
+    their different initialisations); see ``initial_models``.
 
     ``parallel_runs`` > 1 trains that many runs at once, one process each. On a GPU the phantom generation and the
     augmentation (CPU work) are the bottleneck of one run, so parallel runs keep the GPU busy; each run is the same as
@@ -81,6 +85,7 @@ def train_family(recipe: Recipe, data: Sequence[str], out_dir, *, runs: Optional
     run_dirs = [out_dir / "runs" / f"run{r:02d}" for r in range(n_runs)]
     run_seeds = [seed + 1000 * r for r in range(n_runs)]
     run_kwargs = dict(device=device, resume=resume, max_minutes=max_minutes)
+    inits = initial_models(init, n_runs)
     workers = min(int(parallel_runs), n_runs)
     machine = machine_description()
     if workers > 1:   # each worker builds its own sources (the same ones, from the same seed)
@@ -89,7 +94,7 @@ def train_family(recipe: Recipe, data: Sequence[str], out_dir, *, runs: Optional
         spec = parse_data_spec(data)      # a bad spec fails here, before any process starts
         threads = max(1, (os.cpu_count() or 1) // workers)
         results, n_val, spec = _train_runs_in_parallel(recipe, data, run_dirs, run_seeds, seed, workers, threads,
-                                                        run_kwargs, log)
+                                                        run_kwargs, log, inits)
         machine += f"; {workers} runs at a time, {threads} CPU threads each"
     else:
         source, val, spec = build_sources(recipe, data, seed)
@@ -100,7 +105,7 @@ def train_family(recipe: Recipe, data: Sequence[str], out_dir, *, runs: Optional
         for r, (run_dir, run_seed) in enumerate(zip(run_dirs, run_seeds)):
             log(f"run {r + 1}/{n_runs} -> {run_dir}")
             results.append(train(recipe, source, val, run_dir, seed=run_seed, progress=progress, log=log,
-                                 **run_kwargs))
+                                 init_from=inits[r], **run_kwargs))
     training = {
         "recipe": recipe.to_dict(), "data": {"phantom_presets": spec["presets"],
                                              "folders": [str(f) for f in spec["folders"]],
@@ -112,6 +117,8 @@ def train_family(recipe: Recipe, data: Sequence[str], out_dir, *, runs: Optional
         "seconds_per_run": [res.seconds for res in results], "epochs_per_run": [res.epochs_done for res in results],
         "validation": f"{n_val} slices: {_validation_text(spec)}",
     }
+    if init is not None:
+        training["initialised_from"] = [str(p) for p in inits]
     if recipe.family == "resunet":
         card_path = export_best(results[0], recipe, out_dir, "resunet", training, half=half)
         summary = f"ResUNet: best epoch {results[0].best_epoch}, validation myocardium Dice " \
@@ -128,16 +135,42 @@ def train_family(recipe: Recipe, data: Sequence[str], out_dir, *, runs: Optional
     return {"summary": summary, "pool": str(pool_dir), "n_members": n_members, "runs": [str(r.run_dir) for r in results]}
 
 
+def initial_models(init, n_runs: int) -> list:
+    """The model card each run starts from (None: He initialisation). ``init``: None, a model card, or a DAUGS pool
+    folder, whose training runs (``pool.json`` members' ``run``) are taken in name order, the best validation Dice
+    of each; a pool with fewer runs than ``n_runs`` is refused."""
+    if init is None:
+        return [None] * n_runs
+    path = Path(init)
+    if path.is_dir():
+        from PerfusionDAUGSLib.pool import read_index
+
+        entries = read_index(path)["members"]
+        by_run: dict = {}
+        for e in entries:
+            by_run.setdefault(e.get("run") or e["name"], []).append(e)
+        if len(by_run) < n_runs:
+            raise InvalidParameterError(f"--init pool {path} holds members of {len(by_run)} training run(s); "
+                                        f"{n_runs} runs need as many")
+        best = [max(by_run[r], key=lambda e: e.get("val_dice") or -1.0) for r in sorted(by_run)[:n_runs]]
+        return [path / e["card"] for e in best]
+    if not path.is_file():
+        raise InvalidParameterError(f"--init {init}: neither a model card nor a pool folder")
+    return [path] * n_runs
+
+
 def _train_runs_in_parallel(recipe: Recipe, data, run_dirs, run_seeds, data_seed: int, workers: int, threads: int,
-                            run_kwargs: dict, log):
+                            run_kwargs: dict, log, inits=None):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     # spawn, not fork: torch (and CUDA) are not fork-safe once initialised in the parent
     results, n_val, spec = [None] * len(run_dirs), None, None
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        inits = inits or [None] * len(run_dirs)
         futures = {pool.submit(_train_one_run, recipe, list(data), run_dir, data_seed, run_seed, threads,
-                               run_kwargs): r for r, (run_dir, run_seed) in enumerate(zip(run_dirs, run_seeds))}
+                               dict(run_kwargs, init_from=inits[r])): r
+                   for r, (run_dir, run_seed) in enumerate(zip(run_dirs, run_seeds))}
         log(f"{len(run_dirs)} runs, {workers} at a time ({threads} CPU threads each) -> {run_dirs[0].parent}")
         for future in as_completed(futures):
             r = futures[future]

@@ -41,10 +41,14 @@ class TrainResult:
 
 
 def dice_per_class(pred: np.ndarray, ref: np.ndarray, classes: Sequence[int] = (1, 2, 3)) -> dict:
-    """Dice of each class over a whole set (pixels pooled), NaN where the class is absent from both."""
+    """Dice of each class over a whole set (pixels pooled), NaN where the class is absent from both. Pixels whose
+    reference is a partial label (``weak_labels.NOT_LV``, ``weak_labels.UNKNOWN``: coarsely labelled cases) are left out."""
+    from ..weak_labels import NOT_LV, UNKNOWN
+
+    known = (ref != NOT_LV) & (ref != UNKNOWN)
     out = {}
     for c in classes:
-        p, r = pred == c, ref == c
+        p, r = (pred == c) & known, ref == c
         denom = p.sum() + r.sum()
         out[int(c)] = float(2 * np.logical_and(p, r).sum() / denom) if denom else float("nan")
     return out
@@ -137,10 +141,38 @@ def _rng_state(rng: np.random.Generator) -> str:
     return json.dumps(rng.bit_generator.state)
 
 
+def _initialise_from(network, card_path, recipe: Recipe, log) -> None:
+    """Copy a trained model's weights into ``network`` (fine-tuning); refuses a model of another shape or input."""
+    from ..networks.registry import load_model
+
+    loaded = load_model(card_path, device="cpu")
+    card = loaded.card
+    if card.get("architecture") != recipe.architecture:
+        raise InvalidParameterError(f"--init model {loaded.card_path.name} is a {card.get('architecture')!r}, the "
+                                    f"recipe trains a {recipe.architecture!r}")
+    theirs = dict(card.get("input") or {})
+    ours = recipe.input_spec()
+    differ = sorted(k for k in ours if k in theirs and theirs[k] != ours[k])
+    if differ:
+        raise InvalidParameterError(f"--init model {loaded.card_path.name} was trained on other inputs "
+                                    f"({', '.join(f'{k}: {theirs[k]!r} vs {ours[k]!r}' for k in differ)})")
+    mine = network.state_dict()
+    state = loaded.network.state_dict()
+    if set(state) != set(mine) or any(state[k].shape != mine[k].shape for k in mine):
+        raise InvalidParameterError(f"--init model {loaded.card_path.name} does not fit the {recipe.config!r} "
+                                    f"configuration of {recipe.architecture}")
+    network.load_state_dict({k: v.to(mine[k].device, mine[k].dtype).contiguous() for k, v in state.items()})
+    log(f"initialised from {loaded.card_path}")
+
+
 def train(recipe: Recipe, source, val_set: List, run_dir, *, seed: int = 0, device: str = "auto",
           resume: bool = True, max_minutes: Optional[float] = None, progress: bool = True,
-          log: Callable[[str], None] = print) -> TrainResult:
-    """Train one network with ``recipe`` on examples drawn from ``source`` (``.draw(rng) -> (image, labels)``)."""
+          log: Callable[[str], None] = print, init_from=None) -> TrainResult:
+    """Train one network with ``recipe`` on examples drawn from ``source`` (``.draw(rng) -> (image, labels)``).
+
+    ``init_from``: a model card (path or shipped name) whose weights start the run instead of He initialisation, to
+    fine-tune a trained model (e.g. a shipped pool member on a site's own labelled cases); its architecture,
+    configuration and input must match the recipe's. A resumed run continues from its own state instead."""
     import torch
     from tqdm import tqdm
 
@@ -158,12 +190,14 @@ def train(recipe: Recipe, source, val_set: List, run_dir, *, seed: int = 0, devi
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     network = build_network(recipe.architecture, config=recipe.config, in_channels=recipe.n_frames).to(dev)
+    state_path = run_dir / "state.pt"
+    if init_from is not None and not (resume and state_path.exists()):
+        _initialise_from(network, init_from, recipe, log)
     optimiser = torch.optim.Adam(network.parameters(), lr=recipe.lr, betas=tuple(recipe.betas), eps=recipe.eps)
     scheduler = torch.optim.lr_scheduler.StepLR(optimiser, step_size=recipe.lr_halve_every, gamma=0.5)
     loss_fn = CEJaccardLoss(jaccard_weight=1.0 if recipe.loss == "ce+jaccard" else 0.0)
     history: list = []
     start_epoch = 0
-    state_path = run_dir / "state.pt"
     if resume and state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         network.load_state_dict(state["model"])
