@@ -240,3 +240,19 @@ def test_train_cli_passes_init(monkeypatch, tmp_path):
     monkeypatch.setattr(pipeline, "train_family", fake)
     assert main(["train", "--family", "daugs", "--out", str(tmp_path / "o"), "--init", "some/pool"]) == 0
     assert seen["init"] == "some/pool"
+
+
+def test_a_fine_tuned_pool_records_what_it_started_from(tmp_path):
+    from PerfusionSegLib.networks import build_network
+    from PerfusionSegLib.networks.registry import read_card, save_model
+    from PerfusionSegLib.training.pipeline import train_family
+    from PerfusionSegLib.training.recipes import DAUGS2024
+
+    recipe = DAUGS2024.replace(config="tiny", epochs=1, steps_per_epoch=1, batch_size=2, bank_size=2, val_slices=1,
+                               size=64)
+    card = save_model(build_network("unet2d", config="tiny", in_channels=30),
+                      {"architecture": "unet2d", "input": recipe.input_spec()}, tmp_path / "start", "start")
+    train_family(recipe, ["phantom:siemens-flash-3t"], tmp_path / "out", runs=2, dice_threshold=0.0,
+                 min_epoch_gap=1, init=card, progress=False, log=lambda m: None)
+    training = json.loads((tmp_path / "out" / "pool" / "pool.json").read_text())["training"]
+    assert training["initialised_from"] == [{"card": str(card), "weights_sha256": read_card(card)["weights_sha256"]}] * 2

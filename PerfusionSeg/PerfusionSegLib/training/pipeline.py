@@ -117,8 +117,11 @@ def train_family(recipe: Recipe, data: Sequence[str], out_dir, *, runs: Optional
         "seconds_per_run": [res.seconds for res in results], "epochs_per_run": [res.epochs_done for res in results],
         "validation": f"{n_val} slices: {_validation_text(spec)}",
     }
-    if init is not None:
-        training["initialised_from"] = [str(p) for p in inits]
+    if init is not None:      # which weights each run started from: the card as given and its weights' sha256
+        from ..networks.registry import read_card
+
+        training["initialised_from"] = [{"card": str(p), "weights_sha256": read_card(p)["weights_sha256"]}
+                                        for p in inits]
     if recipe.family == "resunet":
         card_path = export_best(results[0], recipe, out_dir, "resunet", training, half=half)
         summary = f"ResUNet: best epoch {results[0].best_epoch}, validation myocardium Dice " \
