@@ -4,8 +4,8 @@ Some real data sets come with approximate labels only (ml_perfusion_subset: near
 drawn around peak enhancement). Trained on as they are, such labels teach their circles. Their cores are right,
 though, and so is "this is not the LV" well outside them. ``weak_labels_from_coarse`` keeps exactly that:
 - the blood pool and the myocardium eroded by ``erode_px`` (their uncertain borders dropped);
-- ``NOT_LV`` (background or RV: the coarse labels have no RV, so the two cannot be told apart) beyond the labelled LV
-  dilated by ``not_lv_margin_px``;
+- ``NOT_LV`` (background or RV: where coarse labels draw no RV, the two cannot be told apart) beyond the labelled LV
+  dilated by ``not_lv_margin_px``; where they do draw an RV, its core (eroded likewise) stays RV there;
 - ``UNKNOWN`` everywhere else.
 The loss (``networks.losses``) learns from the first two and ignores the third. A labelled case exported with
 ``coarse=True`` (``labelling.export_labelled_case``) is turned into such labels when training reads it.
@@ -19,14 +19,15 @@ from scipy import ndimage
 
 from .errors import InvalidLabelsError, InvalidParameterError
 
-LV_BLOOD, LV_MYO = 1, 2
+LV_BLOOD, LV_MYO, RV_BLOOD = 1, 2, 3
 UNKNOWN = 255          # partial label: nothing known at this pixel
 NOT_LV = 254           # partial label: background or RV blood pool
 NOT_LV_CLASSES = (0, 3)
 
 
 def weak_labels_from_coarse(labels: np.ndarray, *, erode_px: int = 1, not_lv_margin_px: int = 2) -> np.ndarray:
-    """(Y, X) project codes (1 LV blood pool, 2 LV myocardium; others read as outside) -> (Y, X) uint8 partial labels.
+    """(Y, X) project codes (1 LV blood pool, 2 LV myocardium, 3 RV blood pool, optional) -> (Y, X) uint8 partial
+    labels.
 
     Raises InvalidLabelsError when the labels hold no blood pool or no myocardium, or when eroding leaves none of
     either (an outline too thin for ``erode_px``)."""
@@ -50,6 +51,10 @@ def weak_labels_from_coarse(labels: np.ndarray, *, erode_px: int = 1, not_lv_mar
     near_lv = ndimage.binary_dilation(lv, cross, iterations=int(not_lv_margin_px)) if not_lv_margin_px else lv
     out = np.full(labels.shape, UNKNOWN, np.uint8)
     out[~near_lv] = NOT_LV
+    rv = labels == RV_BLOOD
+    if rv.any():        # an RV outline: its core is RV (away from the LV's uncertain rim), its rim stays "not LV"
+        rv_core = ndimage.binary_erosion(rv, cross, iterations=int(erode_px)) if erode_px else rv
+        out[rv_core & ~near_lv] = RV_BLOOD
     out[bp_core] = LV_BLOOD
     out[myo_core] = LV_MYO
     return out

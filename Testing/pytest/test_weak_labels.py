@@ -113,6 +113,19 @@ def test_weak_labels_keep_cores_and_far_outside_only():
     assert weak[0, 0] == NOT_LV and weak[20, 20] == 1
 
 
+def test_an_rv_outline_keeps_its_core_as_rv():
+    coarse = _coarse()
+    yy, xx = np.mgrid[:40, :40]
+    coarse[(np.hypot(yy - 20, xx - 4) < 4) & (coarse == 0)] = 3     # a rough RV left of the LV, touching its rim
+    weak = weak_labels_from_coarse(coarse)
+    rv = weak == 3
+    assert rv.any() and np.all(coarse[rv] == 3) and rv.sum() < (coarse == 3).sum()
+    from scipy import ndimage
+    assert not np.any(rv & ndimage.binary_dilation(np.isin(coarse, (1, 2)), iterations=2))   # never on the LV rim
+    # without an RV outline nothing is RV
+    assert not np.any(weak_labels_from_coarse(_coarse()) == 3)
+
+
 def test_weak_labels_refuse_what_they_cannot_use():
     with pytest.raises(InvalidLabelsError):
         weak_labels_from_coarse(np.zeros((10, 10), np.uint8))
