@@ -40,11 +40,11 @@ def weak_labels_from_coarse(labels: np.ndarray, *, erode_px: int = 1, not_lv_mar
     if not bp.any() or not myo.any():
         raise InvalidLabelsError("coarse labels need both an LV blood pool (1) and a myocardium (2)")
     cross = ndimage.generate_binary_structure(2, 1)
-    if erode_px:
-        bp_core = ndimage.binary_erosion(bp, cross, iterations=int(erode_px))
-        myo_core = ndimage.binary_erosion(myo, cross, iterations=int(erode_px))
-    else:
-        bp_core, myo_core = bp, myo
+
+    def core(mask):     # scipy's iterations=0 means "until nothing changes": no erosion must skip the call
+        return ndimage.binary_erosion(mask, cross, iterations=int(erode_px)) if erode_px else mask
+
+    bp_core, myo_core = core(bp), core(myo)
     if not bp_core.any() or not myo_core.any():
         raise InvalidLabelsError(f"eroding the coarse labels by {erode_px} px leaves no blood pool or no myocardium")
     lv = ndimage.binary_fill_holes(bp | myo)
@@ -53,8 +53,7 @@ def weak_labels_from_coarse(labels: np.ndarray, *, erode_px: int = 1, not_lv_mar
     out[~near_lv] = NOT_LV
     rv = labels == RV_BLOOD
     if rv.any():        # an RV outline: its core is RV (away from the LV's uncertain rim), its rim stays "not LV"
-        rv_core = ndimage.binary_erosion(rv, cross, iterations=int(erode_px)) if erode_px else rv
-        out[rv_core & ~near_lv] = RV_BLOOD
+        out[core(rv) & ~near_lv] = RV_BLOOD
     out[bp_core] = LV_BLOOD
     out[myo_core] = LV_MYO
     return out

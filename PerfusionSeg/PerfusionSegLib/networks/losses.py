@@ -30,12 +30,13 @@ def soft_jaccard_loss(logits: torch.Tensor, target: torch.Tensor, *, classes: Op
     n_classes = probs.shape[1]
     target = target.long()
     definite = target < n_classes
-    if not bool(definite.all()):
-        probs = probs * definite[:, None].to(probs.dtype)
+    partial = not bool(definite.all())
+    if partial:
         target = torch.where(definite, target, torch.zeros_like(target))
     onehot = F.one_hot(target, n_classes).permute(0, 3, 1, 2).to(probs.dtype)
-    if not bool(definite.all()):
-        onehot = onehot * definite[:, None].to(probs.dtype)
+    if partial:
+        mask = definite[:, None].to(probs.dtype)
+        probs, onehot = probs * mask, onehot * mask
     dims = (0, 2, 3)
     inter = (probs * onehot).sum(dims)
     union = probs.sum(dims) + onehot.sum(dims) - inter

@@ -86,7 +86,7 @@ def prepare_labelled_case(case, recipe: Recipe) -> PreparedCase:
     """A labelled case on the network grid, centred on its labelled LV blood pool (the label is the truth here).
     A coarse case (rough outlines) becomes partial labels first (``weak_labels``), on its own grid."""
     labels = case.labels
-    if getattr(case, "coarse", False):
+    if case.coarse:
         from ..weak_labels import weak_labels_from_coarse
 
         labels = weak_labels_from_coarse(labels)

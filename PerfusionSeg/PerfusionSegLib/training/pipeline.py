@@ -163,14 +163,13 @@ def initial_models(init, n_runs: int) -> list:
 
 
 def _train_runs_in_parallel(recipe: Recipe, data, run_dirs, run_seeds, data_seed: int, workers: int, threads: int,
-                            run_kwargs: dict, log, inits=None):
+                            run_kwargs: dict, log, inits: list):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     # spawn, not fork: torch (and CUDA) are not fork-safe once initialised in the parent
     results, n_val, spec = [None] * len(run_dirs), None, None
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        inits = inits or [None] * len(run_dirs)
         futures = {pool.submit(_train_one_run, recipe, list(data), run_dir, data_seed, run_seed, threads,
                                dict(run_kwargs, init_from=inits[r])): r
                    for r, (run_dir, run_seed) in enumerate(zip(run_dirs, run_seeds))}
