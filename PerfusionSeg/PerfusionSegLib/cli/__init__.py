@@ -13,8 +13,8 @@ from ..errors import PerfusionInputError
 
 # subcommand modules, in the order `perfusion --help` lists them; a module that cannot be imported (an optional
 # dependency missing) is skipped with a note instead of breaking every other command
-COMMAND_MODULES = ("info", "preprocess", "phantom", "mbf", "segment", "evaluate", "report", "train", "export_onnx",
-                   "demo")
+COMMAND_MODULES = ("info", "preprocess", "phantom", "mbf", "segment", "evaluate", "report", "train", "calibrate_qc",
+                   "export_onnx", "demo")
 
 
 class _Parser(argparse.ArgumentParser):

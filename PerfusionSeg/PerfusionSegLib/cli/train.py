@@ -45,6 +45,10 @@ def register(subparsers) -> None:
     p.add_argument("--init", metavar="CARD_OR_POOL",
                    help="fine-tune: start from this model card (every run) or DAUGS pool folder (run r from the "
                         "best member of the pool's r-th training run) instead of random weights")
+    p.add_argument("--qc-calibration-studies", type=int, default=4, metavar="N",
+                   help="DAUGS: calibrate the built pool's high_uncertainty QC threshold on N phantom studies per "
+                        "preset plus the held-out patients' exact cases (default 4; 0: leave the pool without one "
+                        "and run `perfusion calibrate-qc` later)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resume", action="store_true", help="start again even if the output holds a run")
     p.add_argument("--half", action="store_true", help="store exported weights as float16 (half the size)")
@@ -68,8 +72,11 @@ def _recipe(args):
 
 
 def run(args) -> int:
+    from ..errors import InvalidParameterError
     from ..training.pipeline import train_family
 
+    if args.qc_calibration_studies < 0:
+        raise InvalidParameterError(f"--qc-calibration-studies must be 0 or more, got {args.qc_calibration_studies}")
     recipe = _recipe(args)
     log = (lambda msg: print(msg, file=sys.stderr))
     result = train_family(recipe, args.data, args.out, runs=args.runs, seed=args.seed, device=args.device,
@@ -77,6 +84,7 @@ def run(args) -> int:
                           dice_threshold=args.dice_threshold, max_members=args.max_members,
                           min_epoch_gap=args.member_epoch_gap, half=args.half,
                           parallel_runs=args.parallel_runs, init=args.init,
+                          qc_calibration_studies=args.qc_calibration_studies if args.family == "daugs" else 0,
                           progress=not args.quiet, log=log)
     print(result["summary"])
     return 0

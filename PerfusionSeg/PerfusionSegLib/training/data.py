@@ -126,18 +126,27 @@ def split_by_patient(patients: Sequence[str], val_fraction: float, seed: int) ->
     return set(sorted(unique, key=key)[:n_val])
 
 
+def split_cases_by_patient(cases: Sequence, val_fraction: float, seed: int) -> Tuple[list, list]:
+    """(training cases, validation cases) of labelled cases, split by patient (``split_by_patient``)."""
+    val_patients = split_by_patient([_patient_of(c) for c in cases], val_fraction, seed)
+    return ([c for c in cases if _patient_of(c) not in val_patients],
+            [c for c in cases if _patient_of(c) in val_patients])
+
+
+VAL_FRACTION = 0.2
+
+
 class FolderSource:
     """Labelled cases from folders written by `labelling.export_labelled_case`; draws uniformly from the training
     patients' cases."""
 
-    def __init__(self, folders: Sequence[Path], recipe: Recipe, *, val_fraction: float = 0.2, seed: int = 0):
+    def __init__(self, folders: Sequence[Path], recipe: Recipe, *, val_fraction: float = VAL_FRACTION, seed: int = 0):
         from ..labelling import read_labelled_dataset
 
         cases = [c for folder in folders for c in read_labelled_dataset(folder)]
-        prepared = [prepare_labelled_case(c, recipe) for c in cases]
-        val_patients = split_by_patient([p.patient for p in prepared], val_fraction, seed)
-        self.train = [p for p in prepared if p.patient not in val_patients]
-        self.val = [p for p in prepared if p.patient in val_patients]
+        train, val = split_cases_by_patient(cases, val_fraction, seed)
+        self.train = [prepare_labelled_case(c, recipe) for c in train]
+        self.val = [prepare_labelled_case(c, recipe) for c in val]
         if not self.train:
             raise InvalidParameterError("no training cases left after the patient split")
 

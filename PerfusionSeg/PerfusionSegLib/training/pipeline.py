@@ -60,13 +60,16 @@ def _validation_text(spec: dict) -> str:
 def train_family(recipe: Recipe, data: Sequence[str], out_dir, *, runs: Optional[int] = None, seed: int = 0,
                  device: str = "auto", resume: bool = True, max_minutes: Optional[float] = None,
                  dice_threshold: float = 0.87, max_members: int = 50, min_epoch_gap: int = 2, half: bool = False,
-                 parallel_runs: int = 1, progress: bool = True, init=None,
+                 parallel_runs: int = 1, progress: bool = True, init=None, qc_calibration_studies: int = 0,
                  log: Callable[[str], None] = print) -> dict:
     """Train ``runs`` runs (run ``r`` seeded ``seed + 1000 r``) and export the model or pool.
 
     ``init`` fine-tunes instead of training from scratch: a model card (every run starts from it) or a DAUGS pool
     folder (run ``r`` starts from the best-validated member of the pool's ``r``-th training run, so the runs keep
     their different initialisations); see ``initial_models``.
+
+    ``qc_calibration_studies`` > 0 calibrates the built pool's ``high_uncertainty`` threshold
+    (``calibrate_built_pool``) on that many phantom studies per preset plus the held-out patients' exact cases.
 
     ``parallel_runs`` > 1 trains that many runs at once, one process each. On a GPU the phantom generation and the
     augmentation (CPU work) are the bottleneck of one run, so parallel runs keep the GPU busy; each run is the same as
@@ -135,7 +138,47 @@ def train_family(recipe: Recipe, data: Sequence[str], out_dir, *, runs: Optional
                                     extra={"training": training})
     n_members = len(read_index(pool_dir)["members"])
     summary = f"DAUGS pool: {n_members} members (validation myocardium Dice >= {dice_threshold}) from {n_runs} runs -> {pool_dir}"
+    if qc_calibration_studies:
+        summary += "\n" + calibrate_built_pool(pool_dir, spec["folders"], seed, qc_calibration_studies, device, log)
     return {"summary": summary, "pool": str(pool_dir), "n_members": n_members, "runs": [str(r.run_dir) for r in results]}
+
+
+def calibrate_built_pool(pool_dir: Path, folders: Sequence, data_seed: int, studies_per_preset: int, device: str,
+                         log: Callable[[str], None]) -> str:
+    """Calibrate a freshly built pool's ``high_uncertainty`` threshold and store it in its ``pool.json``; returns a
+    line for the summary. Calibration slices: ``studies_per_preset`` phantom studies of every preset (their own seed
+    range) plus the exact cases of the patients validation held out (never trained on; they did choose the members).
+    A pool that segments too few of them well gets no threshold (a warning), and can be calibrated later with
+    ``perfusion calibrate-qc``."""
+    import itertools
+
+    from PerfusionDAUGSLib.pool import load_pool
+    from PerfusionDAUGSLib.uncertainty_threshold import (calibrate_pool, labelled_calibration_studies,
+                                                         phantom_calibration_studies, phantom_description,
+                                                         store_threshold)
+
+    from ..labelling import read_labelled_dataset
+    from .data import VAL_FRACTION, split_cases_by_patient
+
+    cases = [c for folder in folders for c in read_labelled_dataset(folder)]
+    held_out, coarse = labelled_calibration_studies(split_cases_by_patient(cases, VAL_FRACTION, data_seed)[1])
+    described = phantom_description(None, studies_per_preset)
+    if folders:
+        described += f"; {len(held_out)} exact cases of the held-out patients" + \
+            (f" ({coarse} coarse cases left out)" if coarse else "")
+    studies = itertools.chain(phantom_calibration_studies(None, studies_per_preset), held_out)
+    log(f"calibrating the high_uncertainty threshold of {pool_dir} ({described})")
+    try:
+        record = calibrate_pool(load_pool(pool_dir, device=device), studies, device=device)
+    except InvalidParameterError as exc:
+        note = f"no high_uncertainty threshold: {exc}; calibrate later with `perfusion calibrate-qc --pool {pool_dir}`"
+        log(f"warning: {note}")
+        return note
+    record["calibration_set"] = described
+    store_threshold(pool_dir, record)
+    return (f"high_uncertainty threshold U_pp > {record['high_uncertainty_upp']:.4g}: flags {record['good_flagged']}"
+            f" of {record['good_slices']} well-segmented and {record['poor_flagged']} of {record['poor_slices']} "
+            f"poorly segmented calibration slices")
 
 
 def initial_models(init, n_runs: int) -> list:
