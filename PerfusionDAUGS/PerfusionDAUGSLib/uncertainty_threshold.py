@@ -197,3 +197,12 @@ def calibration_studies(data: Sequence[str], *, studies_per_preset: int = CALIBR
         parts.append(f"{len(labelled)} exact labelled cases of {folder}"
                      + (f" ({coarse} coarse cases left out)" if coarse else ""))
     return itertools.chain(*sources), "; ".join(parts)
+
+
+def calibration_summary(record: dict) -> str:
+    """Two lines: the threshold and how it separates the calibration slices (``calibrate_pool``'s record with its
+    ``calibration_set``)."""
+    return (f"high_uncertainty threshold U_pp > {record['high_uncertainty_upp']:.4g} ({record['search']} search"
+            f"{', bf16' if record['bf16'] else ''}; {record['calibration_set']})\n"
+            f"{record['slices']} slices: {record['good_slices']} with myocardium Dice >= {record['good_dice']} "
+            f"({record['good_flagged']} flagged), {record['poor_slices']} below ({record['poor_flagged']} flagged)")

@@ -157,7 +157,8 @@ def test_train_calibrates_the_pool_it_builds(tmp_path, monkeypatch):
     def fake_calibrate(pool, studies, **kw):   # the real segmentation is tested above; here: what train hands over
         seen["names"] = [s.name for s in studies]
         seen["members"] = len(pool)
-        return ut.calibrate_threshold(np.linspace(0.01, 0.02, 10), np.full(10, 0.9))
+        return dict(ut.calibrate_threshold(np.linspace(0.01, 0.02, 10), np.full(10, 0.9)), search="fast", bf16=False,
+                    per_slice=[])
     monkeypatch.setattr(ut, "calibrate_pool", fake_calibrate)
     monkeypatch.setattr(ut, "phantom_calibration_studies",
                         lambda presets, n: iter([CalibrationStudy(f"phantom{k}", [], []) for k in range(n)]))
@@ -166,7 +167,8 @@ def test_train_calibrates_the_pool_it_builds(tmp_path, monkeypatch):
     assert seen == {"names": ["phantom0", "phantom1"], "members": 1}
     qc = json.loads((tmp_path / "a" / "pool" / "pool.json").read_text())["qc"]
     assert qc["high_uncertainty_upp"] == pytest.approx(np.quantile(np.linspace(0.01, 0.02, 10), 0.95))
-    assert "every preset" in qc["calibration_set"] and "high_uncertainty threshold" in out["summary"]
+    assert "every preset" in qc["calibration_set"] and "high_uncertainty threshold U_pp > 0.0195" in out["summary"]
+    assert "10 slices: 10 with myocardium Dice >= 0.8 (1 flagged)" in out["summary"]
 
     def failing(pool, studies, **kw):
         raise InvalidParameterError("only 0 calibration slices with myocardium Dice >= 0.8")

@@ -42,7 +42,8 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from PerfusionDAUGSLib.pool import load_pool
-    from PerfusionDAUGSLib.uncertainty_threshold import calibrate_pool, calibration_studies, store_threshold
+    from PerfusionDAUGSLib.uncertainty_threshold import (calibrate_pool, calibration_studies, calibration_summary,
+                                                         store_threshold)
 
     studies, described = calibration_studies(args.data, studies_per_preset=args.studies, seed_base=args.seed_base)
     pool = load_pool(args.pool, device=args.device)
@@ -58,10 +59,3 @@ def run(args) -> int:
     print(f"stored in {args.pool}: {json.dumps({k: v for k, v in record.items() if k != 'per_slice'})}")
     return 0
 
-
-def calibration_summary(record: dict) -> str:
-    """Two lines: the threshold and how it separates the calibration slices."""
-    return (f"high_uncertainty threshold U_pp > {record['high_uncertainty_upp']:.4g} ({record['search']} search"
-            f"{', bf16' if record['bf16'] else ''}; {record['calibration_set']})\n"
-            f"{record['slices']} slices: {record['good_slices']} with myocardium Dice >= {record['good_dice']} "
-            f"({record['good_flagged']} flagged), {record['poor_slices']} below ({record['poor_flagged']} flagged)")

@@ -126,14 +126,14 @@ def split_by_patient(patients: Sequence[str], val_fraction: float, seed: int) ->
     return set(sorted(unique, key=key)[:n_val])
 
 
+VAL_FRACTION = 0.2      # of the labelled folders' patients, held out for validation
+
+
 def split_cases_by_patient(cases: Sequence, val_fraction: float, seed: int) -> Tuple[list, list]:
     """(training cases, validation cases) of labelled cases, split by patient (``split_by_patient``)."""
     val_patients = split_by_patient([_patient_of(c) for c in cases], val_fraction, seed)
     return ([c for c in cases if _patient_of(c) not in val_patients],
             [c for c in cases if _patient_of(c) in val_patients])
-
-
-VAL_FRACTION = 0.2
 
 
 class FolderSource:

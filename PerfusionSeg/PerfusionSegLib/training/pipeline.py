@@ -153,9 +153,9 @@ def calibrate_built_pool(pool_dir: Path, folders: Sequence, data_seed: int, stud
     import itertools
 
     from PerfusionDAUGSLib.pool import load_pool
-    from PerfusionDAUGSLib.uncertainty_threshold import (calibrate_pool, labelled_calibration_studies,
-                                                         phantom_calibration_studies, phantom_description,
-                                                         store_threshold)
+    from PerfusionDAUGSLib.uncertainty_threshold import (calibrate_pool, calibration_summary,
+                                                         labelled_calibration_studies, phantom_calibration_studies,
+                                                         phantom_description, store_threshold)
 
     from ..labelling import read_labelled_dataset
     from .data import VAL_FRACTION, split_cases_by_patient
@@ -176,9 +176,7 @@ def calibrate_built_pool(pool_dir: Path, folders: Sequence, data_seed: int, stud
         return note
     record["calibration_set"] = described
     store_threshold(pool_dir, record)
-    return (f"high_uncertainty threshold U_pp > {record['high_uncertainty_upp']:.4g}: flags {record['good_flagged']}"
-            f" of {record['good_slices']} well-segmented and {record['poor_flagged']} of {record['poor_slices']} "
-            f"poorly segmented calibration slices")
+    return calibration_summary(record)
 
 
 def initial_models(init, n_runs: int) -> list:
