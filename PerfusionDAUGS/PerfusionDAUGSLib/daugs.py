@@ -9,7 +9,7 @@ U-map of the chosen member mapped back to the INPUT grid (labels nearest neighbo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Union
 
 import numpy as np
@@ -73,13 +73,15 @@ class DAUGSResult:
     pool_name: str = ""
     source: str = ""
     bn_adapted: bool = False                 # members' BatchNorm statistics re-estimated on this series
+    ensemble: List[str] = field(default_factory=list)   # members whose mean probabilities made ``labels``
 
     @property
     def upp_chosen(self) -> float:
         return self.upp[self.chosen]
 
     def raw_labels(self) -> Optional[np.ndarray]:
-        """The chosen member's labels on the input grid before ``postprocess.clean_labels`` (None without geometry)."""
+        """The network labels (the chosen member's, or the ensemble's) on the input grid before
+        ``postprocess.clean_labels`` (None without geometry)."""
         if self.geometry is None or self.network_labels is None:
             return None
         return _to_input_grid(self.geometry, self.network_labels, order=0).astype(np.uint8)
@@ -103,6 +105,7 @@ class DAUGSResult:
             "seg_stride": self.seg_stride,
             "search": self.search,
             "bn_adapted": self.bn_adapted,
+            "labels_from": list(self.ensemble) or [self.chosen],
             "u_pp_null_means": "no myocardium segmented by that member",
             "qc_flags": list(self.flags),
             "qc": {k: v for k, v in self.qc.items() if k != "flags"},
@@ -147,7 +150,7 @@ def run_daugs(series, pool=None, *, umap_stride: int = UMAP_STRIDE, seg_stride: 
               device: str = "auto", bf16: bool = False, keep_member_labels: bool = False, center_yx=None,
               schedule=None, batch_size: int = 64, margin=UMAP_MARGIN,
               uncertainty_threshold: Union[float, str, None] = POOL_THRESHOLD, input_overrides: Optional[dict] = None,
-              postprocess: bool = True, adapt_bn: bool = False):
+              postprocess: bool = True, adapt_bn: bool = False, ensemble: int = 1):
     """DAUGS segmentation of a SliceSeries (-> DAUGSResult) or of a Study / list of series (-> list, slices batched).
 
     ``pool``: a ModelPool, a pool folder or name (default: the shipped ``daugs_pool``), or a list of (name, model).
@@ -165,6 +168,9 @@ def run_daugs(series, pool=None, *, umap_stride: int = UMAP_STRIDE, seg_stride: 
     ``network_labels`` stay raw.
     ``adapt_bn``: each member's BatchNorm statistics are re-estimated on each slice's own segmentation windows before
     it segments that slice (test-time adaptation, ``networks.bn_adaptation``; no labels, nothing learnt).
+    ``ensemble``: labels from the mean probabilities of this many of the best-ranked members
+    (``SelectionResult.ensemble``; not in the paper, off at 1). The chosen member, its U-map and U_pp, and the QC
+    inputs other than the labels do not change; no extra patch forwards.
     """
     from PerfusionSegLib.series import SliceSeries, Study
 
@@ -176,6 +182,8 @@ def run_daugs(series, pool=None, *, umap_stride: int = UMAP_STRIDE, seg_stride: 
         raise InvalidParameterError("run_daugs needs a SliceSeries, a Study or a list of SliceSeries")
     if int(umap_stride) < 1 or int(seg_stride) < 1:
         raise InvalidParameterError(f"strides must be >= 1, got U-map {umap_stride}, segmentation {seg_stride}")
+    if isinstance(ensemble, bool) or int(ensemble) != ensemble or ensemble < 1:
+        raise InvalidParameterError(f"ensemble must be a whole number of members >= 1, got {ensemble!r}")
     pool_obj = _resolve_pool(pool, device)
     if isinstance(uncertainty_threshold, str):
         if uncertainty_threshold != POOL_THRESHOLD:
@@ -207,7 +215,8 @@ def run_daugs(series, pool=None, *, umap_stride: int = UMAP_STRIDE, seg_stride: 
                                 schedule=DEFAULT_SCHEDULE if schedule is None else schedule,
                                 rank_stride=int(seg_stride) if keep_member_labels else RANK_STRIDE,
                                 batch_size=batch_size, bf16=bf16, margin=margin, patch=patch, adapt_bn=adapt_bn)
-    results = [_to_result(s, geo, sel, pool_obj, keep_member_labels, uncertainty_threshold, postprocess, adapt_bn)
+    results = [_to_result(s, geo, sel, pool_obj, keep_member_labels, uncertainty_threshold, postprocess, adapt_bn,
+                          int(ensemble))
                for s, (_, geo), sel in zip(seq, prepared, selections)]
     return results[0] if single else results
 
@@ -218,7 +227,7 @@ def _to_input_grid(geometry, array: np.ndarray, order: int) -> np.ndarray:
 
 
 def _to_result(series, geometry, sel, pool, keep_member_labels: bool, uncertainty_threshold,
-               postprocess: bool = True, bn_adapted: bool = False) -> DAUGSResult:
+               postprocess: bool = True, bn_adapted: bool = False, ensemble: int = 1) -> DAUGSResult:
     from PerfusionSegLib.postprocess import clean_labels
     from PerfusionSegLib.qc import slice_qc
 
@@ -227,7 +236,8 @@ def _to_result(series, geometry, sel, pool, keep_member_labels: bool, uncertaint
         return clean_labels(out) if postprocess else out
 
     chosen = sel.chosen_evaluation
-    labels = input_labels(chosen.labels)
+    ensemble_names, network_labels = sel.ensemble(ensemble)
+    labels = input_labels(network_labels)
     umap = _to_input_grid(geometry, chosen.umap, order=1).astype(np.float32)
     umap = np.clip(umap, 0.0, 0.5)
     est_labels = None
@@ -246,9 +256,9 @@ def _to_result(series, geometry, sel, pool, keep_member_labels: bool, uncertaint
                        chosen=sel.chosen, established=sel.established, established_labels=est_labels, qc=qc,
                        flags=flags, search=sel.mode, umap_stride=chosen.umap_stride, seg_stride=chosen.seg_stride,
                        seconds=sel.seconds, n_patch_forwards=sel.n_patch_forwards, geometry=geometry,
-                       network_labels=chosen.labels, network_umap=chosen.umap, member_labels=member_labels,
+                       network_labels=network_labels, network_umap=chosen.umap, member_labels=member_labels,
                        pool_name=str(getattr(pool, "name", "")), source=str(getattr(series, "source", "")),
-                       bn_adapted=bool(bn_adapted))
+                       bn_adapted=bool(bn_adapted), ensemble=ensemble_names)
 
 
 __all__ = ["DAUGSResult", "run_daugs", "prepare_daugs_input", "DEFAULT_POOL", "DAUGS_INPUT", "MYOCARDIUM_LABEL"]

@@ -161,6 +161,30 @@ class SelectionResult:
     n_patch_forwards: int
     seconds: float
     flags: tuple = ()
+    myocardium_channel: int = MYOCARDIUM_LABEL
+
+    def ranking(self) -> List[str]:
+        """Every evaluated member in the order the search ranked them: the chosen member, then the others refined
+        furthest (finest U-map stride) first and by U_pp, U_tot and pool order within a stride; members that
+        segment no myocardium last."""
+        ev, order = self.evaluations, {n: i for i, n in enumerate(self.evaluations)}
+        ranked = sorted(ev, key=lambda n: (not math.isfinite(ev[n].upp), ev[n].umap_stride, ev[n].upp, ev[n].utot,
+                                           order[n]))
+        return [self.chosen] + [n for n in ranked if n != self.chosen]
+
+    def ensemble(self, k: int, threshold: float = 0.5) -> Tuple[List[str], np.ndarray]:
+        """(members, labels): labels from the mean class probabilities of the ``k`` best-ranked members (``ranking``)
+        that segment myocardium and were segmented at the chosen member's segmentation stride; fewer when fewer
+        qualify. ``k = 1`` gives the chosen member's own labels."""
+        if int(k) < 1:
+            raise InvalidParameterError(f"an ensemble needs at least 1 member, got {k}")
+        ev, chosen = self.evaluations, self.evaluations[self.chosen]
+        names = [self.chosen] + [n for n in self.ranking()[1:] if math.isfinite(ev[n].upp)
+                                 and ev[n].seg_stride == chosen.seg_stride][:int(k) - 1]
+        if len(names) == 1:
+            return names, chosen.labels
+        mean = np.mean([ev[n].mean_probabilities for n in names], axis=0)
+        return names, labels_from_probabilities(mean, self.myocardium_channel, threshold)
 
     @property
     def upp(self) -> Dict[str, float]:
@@ -491,4 +515,4 @@ def _result(evals: Dict[str, MemberEvaluation], names: Sequence[str], establishe
         if established is not None:       # nothing to choose between: fall back on the established member
             chosen = established
     return SelectionResult(evaluations=evals, chosen=chosen, established=established, mode=mode,
-                           n_patch_forwards=0, seconds=0.0, flags=tuple(flags))
+                           n_patch_forwards=0, seconds=0.0, flags=tuple(flags), myocardium_channel=ev.myo)

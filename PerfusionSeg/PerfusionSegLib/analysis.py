@@ -37,6 +37,7 @@ class AnalysisOptions:
     output_dir: Optional[str] = None     # where the bullseye PNG goes (a new temporary folder when None)
     exhaustive: bool = False             # DAUGS: every member at the U-map stride (minutes) instead of the staged search
     bf16: bool = False                   # bfloat16 inference (about 2x faster on CPUs with AVX512-BF16, and on GPUs)
+    ensemble: int = 1                    # DAUGS: labels from the mean probabilities of this many best-ranked members
 
     def __post_init__(self):
         self.method = str(self.method).lower()
@@ -46,6 +47,10 @@ class AnalysisOptions:
         self.device = {"gpu": "cuda"}.get(device, device)
         if self.exhaustive and self.method == "resunet":
             raise InvalidParameterError("the exhaustive search is the DAUGS pool's: choose the DAUGS method")
+        if isinstance(self.ensemble, bool) or int(self.ensemble) != self.ensemble or self.ensemble < 1:
+            raise InvalidParameterError(f"ensemble must be a whole number of members >= 1, got {self.ensemble!r}")
+        if self.ensemble > 1 and self.method == "resunet":
+            raise InvalidParameterError("an ensemble averages DAUGS pool members: choose the DAUGS method")
 
 
 @dataclass
@@ -129,9 +134,9 @@ def make_segmenter(options: AnalysisOptions):
     """A function (series, center_yx=None) -> (labels, extras dict); the model or pool is loaded once here.
     ``center_yx``: the LV centre (input pixels), else the series is located on its own."""
     if resolve_method(options) == "resunet":
-        if options.exhaustive:       # "auto" found no pool: say so rather than ignore the option
-            raise InvalidParameterError("the exhaustive search needs a DAUGS pool; none was found in the models "
-                                        "folders")
+        if options.exhaustive or options.ensemble > 1:   # "auto" found no pool: say so rather than ignore it
+            what = "the exhaustive search" if options.exhaustive else "an ensemble of pool members"
+            raise InvalidParameterError(f"{what} needs a DAUGS pool; none was found in the models folders")
         from PerfusionSegLib.inference import segment_series
         from PerfusionSegLib.networks.registry import load_model
 
@@ -196,7 +201,8 @@ def run_daugs_on(series, pool, options: AnalysisOptions, keep_member_labels: boo
     schedule = tuple(stage for stage in DEFAULT_SCHEDULE if int(stage[0]) >= int(options.umap_stride))
     return run_daugs(series, pool, umap_stride=options.umap_stride, seg_stride=options.seg_stride,
                      device=options.device, keep_member_labels=keep_member_labels, schedule=schedule,
-                     center_yx=center_yx, fast=not options.exhaustive, bf16=options.bf16)
+                     center_yx=center_yx, fast=not options.exhaustive, bf16=options.bf16,
+                     ensemble=int(options.ensemble))
 
 
 def run_daugs_series(context, series, options: AnalysisOptions):

@@ -661,3 +661,90 @@ def test_uncertainty_threshold_is_calibrated_per_pool_and_used_by_default(tmp_pa
                                                uncertainty_threshold=None).flags
     with pytest.raises(InvalidParameterError):
         store_threshold(folder, {"high_uncertainty_upp": -1})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# labels from an ensemble of the best-ranked members (an option, not in the paper)
+# ---------------------------------------------------------------------------------------------------------------------
+def _planted_evaluation(name, upp, umap_stride, seg_stride, probabilities):
+    from PerfusionDAUGSLib.umap import MemberEvaluation, UncertaintyScores
+
+    labels = labels_from_probabilities(probabilities)
+    return MemberEvaluation(member=name, mean_probabilities=probabilities, labels=labels,
+                            umap=np.zeros(probabilities.shape[1:], np.float32),
+                            scores=UncertaintyScores(upp, upp * 10, int((labels == 2).sum())), umap_stride=umap_stride,
+                            seg_stride=seg_stride, n_umap_patches=1)
+
+
+def test_ensemble_ranks_refined_members_first_and_averages_their_probabilities():
+    from PerfusionDAUGSLib.selection import SelectionResult
+
+    rng = np.random.default_rng(3)
+
+    def probs():
+        p = rng.random((4, 6, 6)).astype(np.float32)
+        return p / p.sum(axis=0, keepdims=True)
+
+    planted = {          # name: (U_pp, U-map stride reached, segmentation stride)
+        "a": (0.010, 2, 16), "b": (0.008, 4, 16), "c": (0.012, 2, 16), "d": (0.005, 32, 32),
+        "e": (math.inf, 16, 16), "f": (0.009, 4, 16), "g": (0.020, 16, 16)}
+    evals = {n: _planted_evaluation(n, u, us, ss, probs()) for n, (u, us, ss) in planted.items()}
+    sel = SelectionResult(evaluations=evals, chosen="a", established="g", mode="fast", n_patch_forwards=0,
+                          seconds=0.0)
+    # the chosen member, then stride 2, then stride 4 by U_pp, ...; no myocardium last
+    assert sel.ranking() == ["a", "c", "b", "f", "g", "d", "e"]
+    names, labels = sel.ensemble(1)
+    assert names == ["a"] and labels is evals["a"].labels
+    names, labels = sel.ensemble(3)
+    assert names == ["a", "c", "b"]
+    mean = np.mean([evals[n].mean_probabilities for n in names], axis=0)
+    np.testing.assert_array_equal(labels, labels_from_probabilities(mean))
+    # members segmented at another stride ("d", from the ranking stage only) or without myocardium ("e") never join
+    names, _ = sel.ensemble(50)
+    assert names == ["a", "c", "b", "f", "g"]
+    with pytest.raises(InvalidParameterError, match="at least 1"):
+        sel.ensemble(0)
+
+
+class BiasedNet(nn.Module):
+    """A network with a fixed offset on its myocardium logit: a thicker (> 0) or thinner (< 0) myocardium."""
+
+    def __init__(self, net, bias):
+        super().__init__()
+        self.net, self.bias = net, float(bias)
+
+    def forward(self, x):
+        out = self.net(x)
+        return out + torch.tensor([0.0, 0.0, self.bias, 0.0])[None, :, None, None]
+
+
+def test_run_daugs_ensemble_changes_only_the_labels():
+    from PerfusionDAUGSLib.daugs import prepare_daugs_input, run_daugs
+    from PerfusionSegLib.series import SliceSeries
+
+    rng = np.random.default_rng(6)
+    T, shape = 40, (96, 96)
+    yy, xx = np.indices(shape)
+    ring = (np.hypot(yy - 48, xx - 48) * 1.8 > 18) & (np.hypot(yy - 48, xx - 48) * 1.8 < 28)
+    curve = np.exp(-0.5 * ((np.arange(T) - 15) / 4.0) ** 2)
+    data = (100 + 300 * curve[:, None, None] * ring[None] + 5 * rng.standard_normal((T, *shape))).astype(np.float32)
+    series = SliceSeries(data=data, times=np.arange(T) * 0.8, spacing=(1.8, 1.8))
+    members = [(f"m{k}", BiasedNet(PixelNet(c), b)) for k, (c, b) in
+               enumerate(((0.05, 0.0), (0.1, 4.0), (0.1, -4.0), (1.0, 0.0), (2.0, 0.0)))]
+    single = run_daugs(series, members, device="cpu", fast=False, umap_stride=8)
+    two = run_daugs(series, members, device="cpu", fast=False, umap_stride=8, ensemble=2)
+    assert two.chosen == single.chosen and two.upp == single.upp and np.array_equal(two.umap, single.umap)
+    assert single.ensemble == [single.chosen] and json.loads(single.to_json())["labels_from"] == [single.chosen]
+    ranked = sorted(single.upp, key=single.upp.get)
+    assert two.ensemble == ranked[:2] and json.loads(two.to_json())["labels_from"] == ranked[:2]
+    # the labels are the selection's ensemble labels, mapped back and cleaned like the chosen member's
+    image, _ = prepare_daugs_input(series)
+    sel = select_members(members, [image], fast=False, umap_stride=8)[0]
+    names, labels = sel.ensemble(2)
+    assert names == two.ensemble and np.array_equal(two.network_labels, labels)
+    assert np.array_equal(single.network_labels, sel.chosen_evaluation.labels)
+    assert not np.array_equal(labels, sel.chosen_evaluation.labels)      # the second-ranked member is thicker
+    with pytest.raises(InvalidParameterError, match="ensemble"):
+        run_daugs(series, members, device="cpu", ensemble=0)
+    with pytest.raises(InvalidParameterError, match="ensemble"):
+        run_daugs(series, members, device="cpu", ensemble=2.5)

@@ -335,6 +335,16 @@ def test_segment_cli_daugs_writes_labels_umap_and_json(tmp_path, capsys):
     rc = main(["segment", str(tmp_path / "s.nii.gz"), "--out", str(tmp_path / "out_ex2"), "--method", "resunet",
                "--exhaustive"])
     assert rc == 2 and "--exhaustive" in capsys.readouterr().err and not (tmp_path / "out_ex2").exists()
+    # --ensemble K: labels from the K best-ranked members, recorded in S_daugs.json; the choice is unchanged
+    rc = main(["segment", str(tmp_path / "s.nii.gz"), "--out", str(tmp_path / "out_en"), "--method", "daugs",
+               "--pool", str(pool3), "--umap-stride", "16", "--device", "cpu", "--exhaustive", "--ensemble", "2"])
+    assert rc == 0, capsys.readouterr().err
+    en = json.loads((tmp_path / "out_en" / "s_daugs.json").read_text())
+    assert en["chosen"] == ex["chosen"] and en["labels_from"] == sorted(finite, key=finite.get)[:2]
+    assert ex["labels_from"] == [ex["chosen"]]
+    for bad in (["--ensemble", "0", "--method", "daugs", "--pool", str(pool3)], ["--ensemble", "2", "--method", "resunet"]):
+        rc = main(["segment", str(tmp_path / "s.nii.gz"), "--out", str(tmp_path / "out_en2"), *bad])
+        assert rc == 2 and "--ensemble" in capsys.readouterr().err and not (tmp_path / "out_en2").exists()
     rc = main(["segment", str(tmp_path / "s.nii.gz"), "--out", str(tmp_path / "out2"), "--method", "daugs",
                "--pool", str(pool), "--umap-stride", "16", "--device", "cpu", "--adapt-bn"])
     assert rc == 0, capsys.readouterr().err

@@ -5,6 +5,7 @@ panel receives: sectors, MBF maps, the 16-segment table with reserve, the bullse
 """
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -126,11 +127,22 @@ def test_daugs_panel_helpers_on_a_tiny_untrained_pool(tmp_path):
     assert exhaustive.search == "exhaustive" and exhaustive.n_patch_forwards == 2 * 25
     assert set(exhaustive.upp_stride.values()) == {16}
     assert any("exhaustive" in t for t in texts)
+    # an ensemble of the two members: the same choice and U-map, the labels from both members' probabilities
+    options.ensemble = 2
+    both = run_daugs_series(SyncContext(lambda f, text: None), series, options)
+    joins = [other] if math.isfinite(exhaustive.upp[other]) else []      # a member without myocardium cannot join
+    assert both.chosen == exhaustive.chosen and both.ensemble == [exhaustive.chosen] + joins
+    assert np.array_equal(both.umap, exhaustive.umap)
 
 
 def test_analysis_options_refuse_an_exhaustive_search_without_a_pool(tmp_path, monkeypatch):
     with pytest.raises(InvalidParameterError, match="DAUGS"):
         AnalysisOptions(method="resunet", exhaustive=True)
+    with pytest.raises(InvalidParameterError, match="DAUGS"):
+        AnalysisOptions(method="resunet", ensemble=3)
+    for bad in (0, 1.5, True):
+        with pytest.raises(InvalidParameterError, match="ensemble"):
+            AnalysisOptions(method="daugs", ensemble=bad)
     # "auto" that finds only a ResUNet (an install without the pool) must not drop the option silently
     torch = pytest.importorskip("torch")
     import PerfusionSegLib.analysis as analysis
@@ -143,6 +155,8 @@ def test_analysis_options_refuse_an_exhaustive_search_without_a_pool(tmp_path, m
     with pytest.raises(InvalidParameterError, match="needs a DAUGS pool"):
         analysis.make_segmenter(AnalysisOptions(models_dirs=(str(tmp_path / "models"),), exhaustive=True,
                                                 device="cpu"))
+    with pytest.raises(InvalidParameterError, match="ensemble of pool members needs a DAUGS pool"):
+        analysis.make_segmenter(AnalysisOptions(models_dirs=(str(tmp_path / "models"),), ensemble=2, device="cpu"))
 
 
 def test_resunet_path_finds_and_runs_a_model_in_the_models_folder(phantom_pair, tmp_path, monkeypatch):
