@@ -55,6 +55,7 @@ class PerfusionDAUGSParameterNode:
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
     exhaustiveSearch: bool = False
     bf16: bool = False
+    ensembleMembers: Annotated[int, WithinRange(1, 16)] = 1
 
 
 class PerfusionDAUGSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -141,7 +142,7 @@ class PerfusionDAUGSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._input = self.logic.collectInput(p.inputSeries, level=p.level, frameInterval=p.frameInterval)
             options = self.logic.options(pool=self.ui.poolPathLineEdit.currentPath or None, umapStride=p.umapStride,
                                          segStride=p.segStride, device=DEVICES[p.device],
-                                         exhaustive=p.exhaustiveSearch, bf16=p.bf16)
+                                         exhaustive=p.exhaustiveSearch, bf16=p.bf16, ensemble=p.ensembleMembers)
             status = ("Running every pool member on every window (exhaustive search: minutes on a CPU)..."
                       if p.exhaustiveSearch else "Running the pool...")
             self._tasks.start(self.logic.analyse, self._input["series"], options, status=status)
@@ -191,14 +192,16 @@ class PerfusionDAUGSLogic(ScriptedLoadableModuleLogic):
         dependencies.ensureTorch(askConfirmation=askConfirmation)
 
     @staticmethod
-    def options(pool=None, umapStride=2, segStride=16, device="auto", exhaustive=False, bf16=False):
+    def options(pool=None, umapStride=2, segStride=16, device="auto", exhaustive=False, bf16=False, ensemble=1):
         """``exhaustive``: every member on every U-map window instead of the staged search (the reference the
-        staged search is measured against; minutes per slice on a CPU). ``bf16``: bfloat16 inference."""
+        staged search is measured against; minutes per slice on a CPU). ``bf16``: bfloat16 inference.
+        ``ensemble``: labels from the mean probabilities of this many best-ranked members (1: the chosen one's)."""
         from PerfusionSegUtils import dependencies
         from PerfusionSegLib.analysis import AnalysisOptions
         return AnalysisOptions(method="daugs", device=device, pool=pool, umap_stride=int(umapStride),
                                seg_stride=int(segStride), compute_mbf=False, exhaustive=bool(exhaustive),
-                               bf16=bool(bf16), models_dirs=tuple(dependencies.modelsDirectories(__file__)))
+                               bf16=bool(bf16), ensemble=int(ensemble),
+                               models_dirs=tuple(dependencies.modelsDirectories(__file__)))
 
     @staticmethod
     def collectInput(seriesNode, level="mid", frameInterval=None) -> dict:
@@ -285,13 +288,14 @@ class PerfusionDAUGSLogic(ScriptedLoadableModuleLogic):
         return segmentationNode
 
     def process(self, seriesNode, pool=None, umapStride=2, segStride=16, device="auto", level="mid",
-                frameInterval=None, create_nodes=True, progress=None, exhaustive=False, bf16=False) -> dict:
+                frameInterval=None, create_nodes=True, progress=None, exhaustive=False, bf16=False,
+                ensemble=1) -> dict:
         """Synchronous run (console, tests): {"result": DAUGSResult, "input": ..., "nodes": created or None}."""
         from PerfusionSegLib.background import SyncContext
 
         input = self.collectInput(seriesNode, level=level, frameInterval=frameInterval)
         options = self.options(pool=pool, umapStride=umapStride, segStride=segStride, device=device,
-                               exhaustive=exhaustive, bf16=bf16)
+                               exhaustive=exhaustive, bf16=bf16, ensemble=ensemble)
         context = SyncContext(progress or (lambda f, text: logging.info(f"PerfusionDAUGS {100 * f:.0f}% {text}")))
         result = self.analyse(context, input["series"], options)
         run = {"result": result, "input": input, "nodes": None}

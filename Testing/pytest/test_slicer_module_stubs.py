@@ -84,6 +84,10 @@ def test_modules_define_what_slicer_needs(modules):
     options = daugs.PerfusionDAUGSLogic.options(exhaustive=True, bf16=True)
     assert (options.method, options.exhaustive, options.bf16) == ("daugs", True, True)
     assert daugs.PerfusionDAUGSLogic.options().exhaustive is False
+    # labels from the chosen member alone unless the panel asks for an ensemble
+    assert daugs.PerfusionDAUGSParameterNode.ensembleMembers == 1
+    assert daugs.PerfusionDAUGSParameterNode.__annotations__["ensembleMembers"].__metadata__[0] == ("WithinRange", 1, 16)
+    assert daugs.PerfusionDAUGSLogic.options().ensemble == 1 and daugs.PerfusionDAUGSLogic.options(ensemble=5).ensemble == 5
     assert seg.PerfusionSegParameterNode.patientId == ""
     # the main panel's bfloat16 option (off by default) reaches the analysis
     assert seg.PerfusionSegParameterNode.bf16 is False
