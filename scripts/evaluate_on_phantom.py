@@ -172,10 +172,14 @@ def main(argv=None) -> int:
                 "good_flagged": sum(r["daugs"]["myo"] >= 0.8 for r in flagged)}
             print(f"high_uncertainty (U_pp > {threshold:.4g}): {record['high_uncertainty']}")
     if args.calibrate:
-        from PerfusionDAUGSLib.uncertainty_threshold import calibrate_threshold, store_threshold
+        from PerfusionDAUGSLib.uncertainty_threshold import calibrate_threshold, phantom_description, store_threshold
         cal = calibrate_threshold([r["upp"] for r in rows], [r["daugs"]["myo"] for r in rows])
-        cal.update(calibration_set=f"phantom generate_study seeds {args.seed_base}-{args.seed_base + args.studies - 1}"
-                                   f" x presets {presets}, stress/rest alternating", fast=not args.exhaustive)
+        # the same record as `perfusion calibrate-qc` (uncertainty_threshold.calibrate_pool) stores
+        cal.update(calibration_set=phantom_description(presets, args.studies, args.seed_base),
+                   search="exhaustive" if args.exhaustive else "fast", bf16=bool(args.bf16),
+                   per_slice=[[f"{r['preset']}/{r['seed']}#{r['level']}", r["upp"] if np.isfinite(r["upp"]) else None,
+                               round(r["daugs"]["myo"], 4)]
+                              for r in rows])
         store_threshold(args.pool, cal)
         print(f"calibrated high_uncertainty threshold stored in {args.pool}: {json.dumps(cal)}")
     if args.record and args.pool:
