@@ -340,3 +340,10 @@ class PerfusionDAUGSTest(ScriptedLoadableModuleTest):
         member = ranking[-1]["member"]
         node = logic.showMember(run, member)
         self.assertIs(logic.showMember(run, member), node)
+        # "Labels from members": the same choice and U-map, the labels from the best-ranked members' probabilities
+        both = logic.process(loaded["series"][("stress", "mid")], level="mid", umapStride=4, segStride=16,
+                             create_nodes=False, ensemble=2)["result"]
+        self.assertEqual(both.chosen, run["result"].chosen)
+        self.assertEqual(both.ensemble[0], run["result"].chosen)
+        self.assertLessEqual(len(both.ensemble), 2)
+        self.assertTrue(np.array_equal(both.umap, run["result"].umap))

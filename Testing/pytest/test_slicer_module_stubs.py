@@ -137,3 +137,20 @@ def test_export_of_a_coarse_labelled_case_from_the_logic(modules, monkeypatch, t
         folder = logic.exportLabelledCase(object(), segmentation, str(tmp_path), case, coarse=coarse)
         meta = json.loads((Path(folder) / "case.json").read_text())
         assert meta["label_quality"] == ("coarse" if coarse else "exact")
+
+
+def test_daugs_logic_process_passes_the_ensemble_option(modules, tmp_path):
+    """The DAUGS panel's console/self-test path: `process(..., ensemble=K)` reaches run_daugs; choice unchanged."""
+    from test_qc_calibration import _tiny_pool
+
+    from PerfusionSegLib.phantom import generate_study
+
+    logic = modules["PerfusionDAUGS"].PerfusionDAUGSLogic()
+    series = generate_study(seed=2, condition="stress", n_slices=1, n_frames=30).study.slices[0]
+    pool = str(_tiny_pool(tmp_path, n_members=3))
+    kw = dict(pool=pool, umapStride=16, segStride=16, device="cpu", create_nodes=False, exhaustive=True,
+              progress=lambda f, text: None)
+    one = logic.process(series, **kw)["result"]
+    three = logic.process(series, ensemble=3, **kw)["result"]
+    assert one.ensemble == [one.chosen] and three.chosen == one.chosen and three.ensemble[0] == one.chosen
+    assert len(three.ensemble) == 3 and np.array_equal(three.umap, one.umap)
